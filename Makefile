@@ -1,0 +1,32 @@
+# Two entry points: `make run` (offline routing simulation) and `make test` (the whole suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ERP := $(VENV)/bin/erp
+DATA ?= ../shared/data/mmlu-pro
+OUT ?= runs/$(notdir $(abspath $(DATA)))
+FOLDS ?= 5
+SEED ?= 0
+
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test fit
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
+	touch $@
+
+run: install
+	$(ERP) simulate --data $(DATA) --out $(OUT) --folds $(FOLDS) --seed $(SEED)
+
+fit: install
+	$(ERP) fit --data $(DATA)
+
+test: install
+	$(PY) -m pytest -q

@@ -1,0 +1,46 @@
+"""Baseline reward estimates. Each is a (test prompts, models) matrix fed to the same policy as ERP."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def global_best_average(train_rewards: np.ndarray, n_test: int) -> np.ndarray:
+    """One estimate per model: its mean training reward."""
+    return np.tile(np.nanmean(train_rewards, axis=0), (n_test, 1))
+
+
+def category_best_average(
+    train_rewards: np.ndarray, train_categories: np.ndarray, test_categories: np.ndarray
+) -> np.ndarray:
+    """Per-category mean reward per model (the ERP paper's baseline); unseen categories get the global mean."""
+    overall = np.nanmean(train_rewards, axis=0)
+    estimates = np.tile(overall, (len(test_categories), 1))
+    for category in np.unique(test_categories):
+        in_train = train_categories == category
+        if in_train.any():
+            estimates[test_categories == category] = np.nanmean(train_rewards[in_train], axis=0)
+    return estimates
+
+
+def knn_average(
+    train_embeddings: np.ndarray, train_rewards: np.ndarray, test_embeddings: np.ndarray, k: int = 50
+) -> np.ndarray:
+    """Mean reward of the k most cosine-similar training prompts (embeddings are unit-normalized)."""
+    k = min(k, len(train_embeddings))
+    estimates = np.empty((len(test_embeddings), train_rewards.shape[1]))
+    for start in range(0, len(test_embeddings), 1024):
+        similarity = test_embeddings[start : start + 1024] @ train_embeddings.T
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        estimates[start : start + 1024] = np.nanmean(train_rewards[nearest], axis=1)
+    return estimates
+
+
+def random_pair(n_test: int, n_models: int, pair: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random estimates over two models (cheapest and best on train); a lambda sweep traces a random mix."""
+    rng = np.random.default_rng(seed)
+    estimates = np.zeros((n_test, n_models))
+    estimates[:, pair[1]] = rng.uniform(size=n_test)
+    allowed = np.zeros(n_models, dtype=bool)
+    allowed[list(pair)] = True
+    return estimates, allowed

@@ -1,0 +1,66 @@
+"""Per-model output-length predictor, so a call's cost is per prompt rather than a per-model constant."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+MIN_KNOWN_LENGTHS = 50
+
+
+class OutputLengthPredictor(BaseEstimator):
+    """LightGBM on prompt features and log prompt length, predicting log output tokens.
+
+    Where the data knows too few of this model's output lengths it predicts a constant:
+    the median of the lengths it does know, else ``fallback_tokens`` (the registry's
+    default length, or the pool's typical length).
+    """
+
+    def __init__(
+        self,
+        fallback_tokens: float = 256.0,
+        n_estimators: int = 100,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_child_samples: int = 50,
+        random_state: int = 0,
+    ) -> None:
+        self.fallback_tokens = fallback_tokens
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.random_state = random_state
+
+    @staticmethod
+    def _inputs(X: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
+        return np.hstack([X, np.log1p(np.asarray(input_tokens, dtype=np.float64))[:, None]])
+
+    def fit(self, X: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> "OutputLengthPredictor":
+        output_tokens = np.asarray(output_tokens, dtype=np.float64)
+        known = np.isfinite(output_tokens) & (output_tokens >= 0)
+        self.n_known_ = int(known.sum())
+        self.typical_tokens_ = float(np.median(output_tokens[known])) if self.n_known_ else float(self.fallback_tokens)
+        self.model_ = None
+        if self.n_known_ >= MIN_KNOWN_LENGTHS:
+            from lightgbm import LGBMRegressor
+
+            self.model_ = LGBMRegressor(
+                n_estimators=self.n_estimators,
+                learning_rate=self.learning_rate,
+                num_leaves=self.num_leaves,
+                min_child_samples=self.min_child_samples,
+                random_state=self.random_state,
+                max_bin=63,
+                n_jobs=1,
+                verbose=-1,
+            )
+            self.model_.fit(self._inputs(X[known], input_tokens[known]), np.log1p(output_tokens[known]))
+        return self
+
+    def predict(self, X: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "typical_tokens_")
+        if self.model_ is None:
+            return np.full(len(X), self.typical_tokens_)
+        return np.expm1(self.model_.predict(self._inputs(X, input_tokens))).clip(min=1.0)

@@ -1,0 +1,120 @@
+"""The ``erp`` command: fit predictors, route a prompt, run offline simulations.
+
+Bad input exits with code 2 and a one-line message; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_REGISTRY = "model_registry.yaml"
+
+
+class UsageError(Exception):
+    """Input the user can fix; printed as one line, exit code 2."""
+
+
+def _fit(args: argparse.Namespace) -> None:
+    from router.fitting import fit_all, fit_one
+
+    if args.model:
+        fit_one(Path(args.registry), Path(args.data), args.model, args.backend, args.seed)
+    else:
+        fit_all(Path(args.registry), Path(args.data), args.backend, args.seed)
+
+
+def _route(args: argparse.Namespace) -> None:
+    from router.engine import RoutingEngine
+
+    engine = RoutingEngine.from_registry(args.registry)
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    if not args.prompt.strip():
+        raise UsageError("the prompt is empty; pass the prompt text as the argument")
+    try:
+        decision = engine.decide([args.prompt], args.lambda_, models, args.max_cost)[0]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{'model':40s} {'E[reward]':>10s} {'cost (USD)':>12s} {'score':>12s}")
+    for c in decision.ranked():
+        mark = "  <- chosen" if c.model == decision.model else ""
+        print(f"{c.model:40s} {c.expected_reward:10.4f} {c.predicted_cost_usd:12.6f} {c.score:12.4f}{mark}")
+    print(f"lambda={decision.lambda_:g} reward/USD  decision={decision.decision_ms:.1f} ms  choice: {decision.model}")
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from benchmarks.run import run_simulate
+
+    run_simulate(args)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from router.server import serve
+
+    serve(args.registry, args.host, args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="erp", description="Expected-reward LLM router.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="fit the pool's predictors (or one model's) on a routing dataset")
+    fit.add_argument("--data", required=True, help="routing dataset folder")
+    fit.add_argument("--registry", default=DEFAULT_REGISTRY)
+    fit.add_argument("--model", help="fit only this model's predictor on the frozen shared featurizer")
+    fit.add_argument("--backend", default="auto", choices=["auto", "linear", "mlp", "lightgbm", "blend"])
+    fit.add_argument("--seed", type=int, default=0)
+    fit.set_defaults(handler=_fit)
+
+    route = sub.add_parser("route", help="show every model's predicted reward, cost and score, and the choice")
+    route.add_argument("prompt")
+    route.add_argument("--registry", default=DEFAULT_REGISTRY)
+    route.add_argument("--lambda", dest="lambda_", type=float, help="reward per USD (default: the registry's)")
+    route.add_argument("--models", help="comma-separated allowed models")
+    route.add_argument("--max-cost", type=float, help="maximum predicted USD per call")
+    route.set_defaults(handler=_route)
+
+    simulate = sub.add_parser("simulate", help="K-fold offline routing simulation against baselines")
+    simulate.add_argument("--data", required=True, help="routing dataset folder")
+    simulate.add_argument("--out", required=True, help="folder for report.json, frontier.png and results.md")
+    simulate.add_argument("--folds", type=int, default=5)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--backend", default="auto", choices=["auto", "linear", "mlp", "lightgbm", "blend"])
+    simulate.add_argument("--encoder", default="minilm", choices=["minilm", "minilm-static", "minilm+static"])
+    simulate.add_argument("--holdout-model", help="fit the pool without this model, then add it with one head fit")
+    simulate.set_defaults(handler=_simulate)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible routing proxy (state in Redis if REDIS_URL is set)")
+    serve.add_argument("--registry", default=DEFAULT_REGISTRY)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from predictors.artifacts import ArtifactError
+    from predictors.dataset import DatasetError
+    from router.registry import RegistryError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (UsageError, DatasetError, RegistryError, ArtifactError) as exc:
+        print(f"erp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("erp: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The routing engine: registry + encoder + fitted pool predictor + policy, for live prompts.
+
+``erp route``, the SDK and the proxy all decide through ``RoutingEngine.decide``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from predictors import artifacts
+from predictors.dataset import CHARS_PER_TOKEN
+from predictors.embedding import Encoder
+from predictors.pool import PoolPredictor
+from router.policy import call_costs, choose, scores
+from router.registry import Registry, RegistryError, load_registry
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str
+    expected_reward: float
+    predicted_cost_usd: float
+    predicted_output_tokens: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str
+    lambda_: float
+    candidates: list[Candidate]
+    decision_ms: float
+
+    def ranked(self) -> list[Candidate]:
+        """Candidates best score first: the chosen model, then the fallback order."""
+        return sorted(self.candidates, key=lambda c: (-c.score, c.predicted_cost_usd))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Per-prompt input tokens and (prompts, models) expected rewards and output tokens, models as in the engine."""
+
+    input_tokens: np.ndarray
+    rewards: np.ndarray
+    output_tokens: np.ndarray
+
+
+class RoutingEngine:
+    def __init__(self, registry: Registry, encoder: Encoder, pool: PoolPredictor, default_lambda: float) -> None:
+        self.registry = registry
+        self.encoder = encoder
+        self.pool = pool
+        self.default_lambda = default_lambda
+        self.models = [m.name for m in registry.enabled]
+        self.usd_per_token = registry.usd_per_token(registry.enabled)
+
+    @classmethod
+    def from_registry(cls, path: str | Path, cache_dir: Path | None = None) -> "RoutingEngine":
+        registry = load_registry(path, require_artifacts=True)
+        shared = artifacts.load_shared(registry.path_of(registry.shared_predictor))
+        if shared.encoder != registry.embedding:
+            raise RegistryError(
+                f"{registry.source}: key 'embedding' is {registry.embedding!r} but the shared predictor was fitted "
+                f"with {shared.encoder!r}; fix: run `erp fit --data DIR` again"
+            )
+        heads = {
+            m.name: artifacts.load_model(registry.path_of(m.predictor), shared).predictor for m in registry.enabled
+        }
+        default_lambda = registry.policy.lambda_
+        if registry.policy.target_mean_cost_usd is not None:
+            if shared.calibrated_lambda is None:
+                raise RegistryError(
+                    f"{registry.source}: key 'policy.target_mean_cost_usd' is set but no lambda was calibrated for it; "
+                    "fix: run `erp fit --data DIR` again"
+                )
+            default_lambda = shared.calibrated_lambda
+        pool = PoolPredictor(shared.featurizer, heads)
+        encoder = Encoder(registry.embedding, cache_dir, disk_cache=False).load()
+        return cls(registry, encoder, pool, default_lambda)
+
+    def allowed(self, models: list[str] | None) -> np.ndarray | None:
+        if models is None:
+            return None
+        unknown = [m for m in models if m not in self.models]
+        if unknown:
+            raise ValueError(f"unknown or disabled model(s): {', '.join(unknown)}; enabled: {', '.join(self.models)}")
+        if not models:
+            raise ValueError("the allowed model set is empty")
+        return np.isin(self.models, models)
+
+    def predict(self, texts: list[str], embeddings: np.ndarray | None = None) -> Prediction:
+        """Every enabled model's expected reward and output length; pass embeddings to reuse cached ones."""
+        embeddings = self.encoder.encode(texts) if embeddings is None else embeddings
+        input_tokens = np.array([len(t) / CHARS_PER_TOKEN for t in texts])
+        rewards, output_tokens = self.pool.predict(embeddings, input_tokens, self.models)
+        return Prediction(input_tokens, rewards, output_tokens)
+
+    def decide(
+        self,
+        texts: list[str],
+        lambda_: float | None = None,
+        models: list[str] | None = None,
+        max_cost: float | None = None,
+        prediction: Prediction | None = None,
+    ) -> list[Decision]:
+        """One decision per prompt text: predicted reward, cost and score of every candidate, and the choice.
+
+        A precomputed ``prediction`` (e.g. from the serving cache) skips the encoder and predictors.
+        """
+        started = time.perf_counter()
+        lambda_ = self.default_lambda if lambda_ is None else float(lambda_)
+        allowed = self.allowed(models)
+        prediction = self.predict(texts) if prediction is None else prediction
+        rewards, output_tokens = prediction.rewards, prediction.output_tokens
+        costs = call_costs(prediction.input_tokens, output_tokens, self.usd_per_token)
+        picked = choose(rewards, costs, lambda_, allowed, max_cost)
+        value = scores(rewards, costs, lambda_)
+        elapsed_ms = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
+        decisions = []
+        for i, choice in enumerate(picked):
+            candidates = [
+                Candidate(m, float(rewards[i, j]), float(costs[i, j]), float(output_tokens[i, j]), float(value[i, j]))
+                for j, m in enumerate(self.models)
+                if allowed is None or allowed[j]
+            ]
+            decisions.append(Decision(self.models[choice], lambda_, candidates, elapsed_ms))
+        return decisions

@@ -1,0 +1,227 @@
+"""``model_registry.yaml``: the pool of models, their prices and predictors, and policy defaults.
+
+Validated by pydantic; every error names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from predictors.embedding import ENCODER_NAMES
+
+PriceSource = Literal["litellm"]
+
+
+class RegistryError(ValueError):
+    """A registry that cannot be used; the message says file, key and fix."""
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="name used in routing records and in the dataset's `model` column")
+    litellm_model: str = Field(min_length=1, description="LiteLLM model string, e.g. openai/gpt-4o-mini")
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    input_usd_per_mtok: float | None = Field(None, ge=0)
+    output_usd_per_mtok: float | None = Field(None, ge=0)
+    prices_from: PriceSource | None = Field(None, description="'litellm' takes both prices from LiteLLM's price map")
+    default_output_tokens: float | None = Field(None, gt=0, description="typical output length where data has none")
+    predictor: Path = Field(description="fitted predictor file of this model, relative to the registry")
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _prices_given_once(self) -> "ModelEntry":
+        explicit = self.input_usd_per_mtok is not None or self.output_usd_per_mtok is not None
+        if self.prices_from and explicit:
+            raise ValueError("give either prices_from: litellm or input_usd_per_mtok/output_usd_per_mtok, not both")
+        if not self.prices_from and (self.input_usd_per_mtok is None or self.output_usd_per_mtok is None):
+            raise ValueError(
+                "missing prices: set input_usd_per_mtok and output_usd_per_mtok, or prices_from: litellm"
+            )
+        return self
+
+
+class PolicyDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    lambda_: float = Field(0.0, alias="lambda", ge=0, description="reward per USD traded for cost")
+    target_mean_cost_usd: float | None = Field(
+        None, gt=0, description="if set, `erp fit` calibrates lambda so the mean cost per request meets it"
+    )
+
+
+class ApiKeyEntry(BaseModel):
+    """One client API key of the proxy; its spend is counted under ``name`` and capped by ``budget_usd``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="label for spend counters and metrics; never the key itself")
+    key: str | None = Field(None, min_length=1, description="the key itself (prefer key_env)")
+    key_env: str | None = Field(None, min_length=1, description="environment variable holding the key")
+    budget_usd: float | None = Field(None, ge=0, description="spend limit across all replicas; 429 once spent")
+
+    @model_validator(mode="after")
+    def _key_given_once(self) -> "ApiKeyEntry":
+        if (self.key is None) == (self.key_env is None):
+            raise ValueError("give exactly one of key or key_env")
+        return self
+
+
+class ServingSettings(BaseModel):
+    """How the SDK and the proxy call models and keep state; every key is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys_env: str | None = Field(
+        "ERP_API_KEYS", description="environment variable with comma-separated proxy API keys (no budget)"
+    )
+    api_keys: list[ApiKeyEntry] = Field(default_factory=list)
+    max_prompt_chars: int = Field(400_000, gt=0, description="larger conversations get HTTP 413")
+    fallback_attempts: int = Field(3, ge=1, description="models tried per request, best score first")
+    timeout_s: float = Field(60.0, gt=0, description="upstream timeout per attempt")
+    context_chars: int = Field(2_000, ge=0, description="earlier turns embedded along with the last user turn")
+    cache_ttl_s: int = Field(3_600, gt=0, description="lifetime of cached embeddings and predictions")
+    cache_max_entries: int = Field(10_000, gt=0, description="bound of the in-process cache")
+    decision_log_max_len: int = Field(100_000, gt=0, description="entries kept in the decision log")
+
+    @model_validator(mode="after")
+    def _unique_key_names(self) -> "ServingSettings":
+        names = [entry.name for entry in self.api_keys]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate api_keys name(s) {', '.join(duplicates)}; names must be unique")
+        return self
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    embedding: Literal[ENCODER_NAMES] = "minilm-static"  # type: ignore[valid-type]
+    shared_predictor: Path = Field(description="fitted shared featurizer, relative to the registry")
+    policy: PolicyDefaults = PolicyDefaults()
+    models: list[ModelEntry] = Field(min_length=1)
+    serving: ServingSettings = ServingSettings()
+    source: Path = Field(Path("model_registry.yaml"), exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Registry":
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.models):
+            if entry.name in seen:
+                raise ValueError(f"models[{i}].name: duplicate model name {entry.name!r} (also models[{seen[entry.name]}]); names must be unique")
+            seen[entry.name] = i
+        return self
+
+    @property
+    def root(self) -> Path:
+        return self.source.parent
+
+    @property
+    def enabled(self) -> list[ModelEntry]:
+        return [m for m in self.models if m.enabled]
+
+    def entry(self, name: str) -> ModelEntry:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise RegistryError(
+            f"{self.source}: no model named {name!r}; registry models: {', '.join(m.name for m in self.models)}"
+        )
+
+    def path_of(self, relative: Path) -> Path:
+        return relative if relative.is_absolute() else self.root / relative
+
+    def usd_per_token(self, entries: list[ModelEntry]) -> np.ndarray:
+        """(models, 2) input/output USD per token, from the registry or LiteLLM's local price map."""
+        rows = []
+        for entry in entries:
+            if entry.prices_from == "litellm":
+                rows.append(_litellm_prices(entry, self.source, self.models.index(entry)))
+            else:
+                rows.append((entry.input_usd_per_mtok / 1e6, entry.output_usd_per_mtok / 1e6))
+        return np.array(rows, dtype=np.float64)
+
+    def require_artifacts(self) -> None:
+        """Every enabled model's predictor and the shared featurizer exist on disk."""
+        if not self.path_of(self.shared_predictor).is_file():
+            raise RegistryError(
+                f"{self.source}: key 'shared_predictor': file {self.path_of(self.shared_predictor)} not found; "
+                "fix: run `erp fit --data DIR` to fit the pool"
+            )
+        for i, entry in enumerate(self.models):
+            if entry.enabled and not self.path_of(entry.predictor).is_file():
+                raise RegistryError(
+                    f"{self.source}: key 'models[{i}].predictor': file {self.path_of(entry.predictor)} not found; "
+                    f"fix: run `erp fit --data DIR --model {entry.name}` (or set enabled: false)"
+                )
+
+
+def _litellm_prices(entry: ModelEntry, source: Path, index: int) -> tuple[float, float]:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    candidates = [entry.litellm_model, entry.litellm_model.split("/", 1)[-1]]
+    for key in candidates:
+        info = litellm.model_cost.get(key)
+        if info and info.get("input_cost_per_token") is not None and info.get("output_cost_per_token") is not None:
+            return float(info["input_cost_per_token"]), float(info["output_cost_per_token"])
+    raise RegistryError(
+        f"{source}: key 'models[{index}].prices_from': LiteLLM's price map has no prices for {entry.litellm_model!r}; "
+        "fix: set input_usd_per_mtok and output_usd_per_mtok instead"
+    )
+
+
+def _key_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _fix_for(error: dict) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "remove this key (see model_registry.yaml in the repository for the allowed keys)"
+    if kind == "missing":
+        return "add this key"
+    if kind == "literal_error":
+        return f"use one of the allowed values ({error.get('ctx', {}).get('expected', '')})"
+    return "correct the value"
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = _key_path(tuple(part for part in error["loc"] if part != "__root__"))
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: key '{key or '<top level>'}': {message}; fix: {_fix_for(error)}")
+    return "\n".join(lines)
+
+
+def load_registry(path: str | Path, require_artifacts: bool = False) -> Registry:
+    """Parse and validate a registry file; raise RegistryError with file, key and fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"{path}: registry file not found; fix: pass --registry PATH to an existing model_registry.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RegistryError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}; fix: correct the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{path}: expected a mapping with keys embedding, shared_predictor, policy, models; fix: see README")
+    try:
+        registry = Registry.model_validate({**raw, "source": path})
+    except ValidationError as exc:
+        raise RegistryError(_format_validation(path, exc)) from None
+    if require_artifacts:
+        registry.require_artifacts()
+    return registry

@@ -1,0 +1,164 @@
+"""A local OpenAI-compatible upstream for tests and benchmarks.
+
+It answers every chat completion with a deterministic echo, reports usage, streams
+server-sent events, and fails on request: tests set ``StubState.failures[model]``.
+Run standalone (``python -m tests.stub_upstream --port 9000``) for the benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+Failure = Literal["500", "503", "429", "400", "context", "timeout", "midstream"]
+_STATUS_ERRORS = {
+    "500": (500, "server_error", "the upstream had an internal error"),
+    "503": (503, "server_error", "the upstream is overloaded"),
+    "429": (429, "rate_limit_exceeded", "Rate limit reached for requests"),
+    "400": (400, "invalid_value", "Invalid value for 'temperature'"),
+    "context": (
+        400,
+        "context_length_exceeded",
+        "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+    ),
+}
+
+
+@dataclass
+class Hit:
+    model: str
+    stream: bool
+    authorization: str | None
+    body: dict
+
+
+@dataclass
+class StubState:
+    """What the stub will do and what it saw; tests mutate and read it directly."""
+
+    failures: dict[str, Failure] = field(default_factory=dict)
+    hang_s: float = 5.0
+    hits: deque[Hit] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def reset(self) -> None:
+        self.failures.clear()
+        self.hits.clear()
+
+    def models_hit(self) -> list[str]:
+        return [hit.model for hit in self.hits]
+
+
+def answer_for(model: str, messages: list[dict]) -> str:
+    """The deterministic answer: the model's name and the last user turn, echoed."""
+    last = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
+    text = last if isinstance(last, str) else " ".join(p.get("text", "") for p in last or [])
+    return f"{model} says: {text[:60]}"
+
+
+def usage_for(messages: list[dict], answer: str) -> dict:
+    prompt = sum(len(json.dumps(m.get("content"))) for m in messages) // 4 + 1
+    completion = len(answer.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _chunk(model: str, delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+    choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]
+    body = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": choices}
+    if usage:
+        body["usage"] = usage
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _events(model: str, answer: str, usage: dict | None, fail_midstream: bool) -> Iterator[str]:
+    words = answer.split(" ")
+    yield _chunk(model, {"role": "assistant", "content": ""})
+    for i, word in enumerate(words):
+        if fail_midstream and i == 1:
+            raise RuntimeError("stub upstream dropped the stream")
+        yield _chunk(model, {"content": word if i == 0 else " " + word})
+    yield _chunk(model, {}, finish="stop")
+    if usage:
+        yield _chunk(model, {}, usage=usage)
+    yield "data: [DONE]\n\n"
+
+
+def create_stub_app(state: StubState) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        model, messages, stream = body["model"], body["messages"], bool(body.get("stream"))
+        state.hits.append(Hit(model, stream, request.headers.get("authorization"), body))
+        failure = state.failures.get(model)
+        if failure == "timeout":
+            await asyncio.sleep(state.hang_s)
+        if failure in _STATUS_ERRORS:
+            status, code, message = _STATUS_ERRORS[failure]
+            error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+            return JSONResponse({"error": error}, status_code=status)
+        answer = answer_for(model, messages)
+        usage = usage_for(messages, answer)
+        if stream:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = _events(model, answer, usage if include_usage else None, failure == "midstream")
+            return StreamingResponse(events, media_type="text/event-stream")
+        return {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on 127.0.0.1 in a daemon thread; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Deterministic OpenAI-compatible stub upstream on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=9000)
+    args = parser.parse_args()
+    uvicorn.run(create_stub_app(StubState()), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from predictors import artifacts
+from predictors.featurizer import PromptFeaturizer
+from predictors.length import OutputLengthPredictor
+from predictors.pool import ModelPredictor, fit_pool
+from predictors.reward import AutoRewardHead, BlendRewardHead, LightGBMRewardHead, LinearRewardHead, MLPRewardHead, weighted_log_loss
+
+
+def planted_rewards(rng, n=3000, d=8):
+    """Binary rewards whose probability is a known function of the features."""
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    p = 1 / (1 + np.exp(-(1.5 * X[:, 0] - 1.0 * X[:, 1])))
+    y = (rng.uniform(size=n) < p).astype(float)
+    return X, y, p
+
+
+@pytest.mark.parametrize("head", [LinearRewardHead(), MLPRewardHead(), LightGBMRewardHead(), BlendRewardHead()])
+def test_each_backend_learns_a_planted_signal(rng, head):
+    X, y, p = planted_rewards(rng)
+    train, test = slice(0, 2400), slice(2400, None)
+    fitted = clone(head).fit(X[train], y[train])
+    predicted = fitted.predict(X[test])
+    assert ((predicted >= 0) & (predicted <= 1)).all()
+    assert np.corrcoef(predicted, p[test])[0, 1] > 0.85
+    constant = weighted_log_loss(y[test], np.full(600, y[train].mean()), np.ones(600))
+    assert weighted_log_loss(y[test], predicted, np.ones(600)) < constant - 0.1
+
+
+@pytest.mark.parametrize("head", [LinearRewardHead(), MLPRewardHead(), LightGBMRewardHead(), AutoRewardHead()])
+def test_heads_refuse_to_predict_before_fit(head):
+    with pytest.raises(NotFittedError):
+        head.predict(np.zeros((2, 3)))
+
+
+def test_sample_counts_weight_soft_targets(rng):
+    """A prompt's target is its mean reward over samples; weights are the sample counts."""
+    X = np.repeat(np.array([[0.0], [1.0]]), 200, axis=0)
+    y = np.where(X[:, 0] > 0, 0.75, 0.25)
+    predicted = LinearRewardHead(C=100).fit(X, y, np.full(len(y), 4.0)).predict(np.array([[0.0], [1.0]]))
+    assert predicted == pytest.approx([0.25, 0.75], abs=0.01)
+
+
+def test_auto_head_selects_by_cross_validated_log_loss(rng):
+    X, y, _ = planted_rewards(rng)
+    # A threshold signal trees capture and a linear model cannot.
+    y = (np.abs(X[:, 0]) > 1).astype(float)
+    head = AutoRewardHead().fit(X, y)
+    assert set(head.cv_log_loss_) == {"linear", "mlp", "lightgbm", "blend"}
+    assert head.backend_ != "linear"
+    assert head.cv_log_loss_[head.backend_] < head.cv_log_loss_["linear"] - 0.05
+
+
+def test_auto_head_keeps_the_simplest_backend_unless_another_is_clearly_better(rng):
+    X, y, _ = planted_rewards(rng)  # a linear signal: nothing beats logistic regression by a standard error
+    assert AutoRewardHead().fit(X, y).backend_ == "linear"
+
+
+def test_length_predictor_learns_lengths_and_falls_back_where_unknown(rng):
+    X = rng.normal(size=(1000, 4)).astype(np.float32)
+    input_tokens = rng.uniform(10, 500, size=1000)
+    tokens = np.exp(4 + X[:, 0])
+    fitted = OutputLengthPredictor().fit(X, input_tokens, tokens)
+    assert np.corrcoef(np.log(fitted.predict(X, input_tokens)), np.log(tokens))[0, 1] > 0.9
+    unknown = OutputLengthPredictor(fallback_tokens=321).fit(X, input_tokens, np.full(1000, np.nan))
+    assert unknown.predict(X[:3], input_tokens[:3]).tolist() == [321, 321, 321]
+    few = OutputLengthPredictor(fallback_tokens=321).fit(X, input_tokens, np.r_[np.full(10, 80.0), np.full(990, np.nan)])
+    assert few.predict(X[:2], input_tokens[:2]).tolist() == [80, 80]
+
+
+def pool_data(rng, n=1500, m=5, d=16):
+    """Models share a prompt difficulty; model j is better on category j % 2."""
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    difficulty = emb[:, 0]
+    category = (emb[:, 1] > 0).astype(int)
+    skill = np.linspace(-1, 1, m)
+    logits = skill[None, :] - 1.5 * difficulty[:, None] + np.where(category[:, None] == (np.arange(m) % 2), 1.0, -1.0)
+    rewards = (rng.uniform(size=(n, m)) < 1 / (1 + np.exp(-logits))).astype(float)
+    return emb, rewards, np.array(["a", "b"])[category], 1 / (1 + np.exp(-logits))
+
+
+def test_featurizer_shares_difficulty_and_category_across_models(rng):
+    emb, rewards, categories, truth = pool_data(rng)
+    featurizer = PromptFeaturizer(rank=8).fit(emb[:1200], rewards[:1200], np.ones_like(rewards[:1200]), categories[:1200])
+    features = featurizer.transform(emb[1200:])
+    assert features.shape == (300, 8 + 2 + featurizer.n_clusters)
+    assert (featurizer.predict_category(emb[1200:]) == categories[1200:]).mean() > 0.9
+    heads = [LinearRewardHead().fit(featurizer.transform(emb[:1200]), rewards[:1200, j]) for j in range(5)]
+    predicted = np.column_stack([h.predict(features) for h in heads])
+    assert np.mean([np.corrcoef(predicted[:, j], truth[1200:, j])[0, 1] for j in range(5)]) > 0.8
+
+
+def test_pool_predictor_round_trips_through_artifacts(tmp_path, rng):
+    emb, rewards, categories, _ = pool_data(rng, n=600)
+    tokens = np.exp(rng.normal(5, 0.5, size=rewards.shape))
+    models = [f"m{j}" for j in range(rewards.shape[1])]
+    pool = fit_pool(emb, np.full(600, 100.0), rewards, np.ones_like(rewards), tokens, models, categories, backend="linear", n_jobs=1)
+    shared = artifacts.SharedArtifact(pool.featurizer, "minilm-static", "id-1", 150.0, "planted")
+    artifacts.save(shared, tmp_path / "shared.joblib")
+    artifacts.save(artifacts.ModelArtifact("m0", pool.heads["m0"], "id-1"), tmp_path / "m0.joblib")
+    loaded_shared = artifacts.load_shared(tmp_path / "shared.joblib")
+    loaded = artifacts.load_model(tmp_path / "m0.joblib", loaded_shared).predictor
+    features = pool.featurizer.transform(emb[:5])
+    tokens5 = np.full(5, 100.0)
+    expected = pool.heads["m0"].predict_reward(features, tokens5)
+    assert loaded.predict_reward(loaded_shared.featurizer.transform(emb[:5]), tokens5) == pytest.approx(expected)
+    other = artifacts.SharedArtifact(pool.featurizer, "minilm-static", "id-2", 150.0, "planted")
+    with pytest.raises(artifacts.ArtifactError, match="another shared featurizer"):
+        artifacts.load_model(tmp_path / "m0.joblib", other)
+    (tmp_path / "broken.joblib").write_bytes(b"not a pickle")
+    with pytest.raises(artifacts.ArtifactError, match="cannot be read"):
+        artifacts.load_shared(tmp_path / "broken.joblib")
+
+
+def test_model_predictor_rejects_a_model_without_outcomes(rng):
+    with pytest.raises(ValueError, match="no outcomes"):
+        ModelPredictor().fit(np.zeros((3, 2)), np.ones(3), np.zeros(3), np.zeros(3), np.full(3, np.nan))
+
+
+def test_embeddings_are_cached_on_disk_by_encoder_and_text(tmp_path):
+    from predictors.embedding import Encoder, default_cache_dir
+
+    texts = ["What is 2 + 2?", "Name the capital of France.", "What is 2 + 2?"]
+    live = Encoder("minilm-static", default_cache_dir(), disk_cache=False)
+    reference = live.encode(texts)
+    assert live.parts[0]._cache is None
+    # A fresh embedding cache that shares the (already distilled) static model.
+    (tmp_path / "encoders").symlink_to(default_cache_dir() / "encoders", target_is_directory=True)
+    first = Encoder("minilm-static", tmp_path).encode(texts)
+    assert first.shape == (3, 256) and np.allclose(np.linalg.norm(first, axis=1), 1, atol=1e-4)
+    assert np.allclose(first, reference, atol=1e-6) and np.array_equal(first[0], first[2])
+    again = Encoder("minilm-static", tmp_path)
+    assert np.array_equal(again.encode(texts), first)
+    assert again.parts[0]._model is None  # every text came from the disk cache: the model was never loaded
