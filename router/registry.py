@@ -6,8 +6,9 @@ Validated by pydantic; every error names the file, the key and the fix.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import yaml
@@ -100,6 +101,56 @@ class ServingSettings(BaseModel):
         return self
 
 
+class JudgeScorerEntry(BaseModel):
+    """An LLM judge: `judge` writes a rationale and a 1-10 score; `judge_logprobs` answers one score token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    kind: Literal["judge", "judge_logprobs"]
+    litellm_model: str = Field(min_length=1, description="LiteLLM model string of the judge")
+    api_base: str | None = None
+    api_key_env: str | None = Field(None, description="environment variable holding the judge's API key")
+    max_tokens: int = Field(512, gt=0, description="judge reply budget (judge_logprobs always asks for 1 token)")
+    top_logprobs: int = Field(20, ge=1, le=20, description="judge_logprobs: log-probabilities returned per token")
+    concurrency: int = Field(8, ge=1, description="judge calls in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="timeout per judge call")
+    retries: int = Field(4, ge=0, description="retries of a call on 429, 5xx, timeouts and connection errors")
+    backoff_s: float = Field(1.0, ge=0, description="first retry wait; doubles per retry, up to 30 s")
+
+
+class RewardModelScorerEntry(BaseModel):
+    """A local `AutoModelForSequenceClassification` reward model directory (e.g. a downloaded Skywork RM)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    kind: Literal["reward_model"]
+    path: Path = Field(description="model directory (config, weights, tokenizer), relative to the registry")
+    batch_size: int = Field(8, ge=1)
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda or cuda:N")
+    max_length: int = Field(4096, gt=0, description="tokens kept per (prompt, response) pair")
+    trust_remote_code: bool = Field(False, description="needed by checkpoints with custom heads, e.g. ArmoRM")
+
+
+class HybridScorerEntry(BaseModel):
+    """Fast scorer first; the slow judge only where the fast score is unsure or disagrees with the ERP predictor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    kind: Literal["hybrid"]
+    fast: str = Field(description="name of a judge_logprobs or reward_model scorer")
+    slow: str = Field(description="name of a judge scorer")
+    target_slow_fraction: float = Field(0.2, gt=0, lt=1, description="share of items sent to the slow judge")
+    use_erp: bool = Field(True, description="also check agreement with the fitted ERP predictor's expected reward")
+    thresholds: Path = Field(description="calibrated thresholds (JSON), written by benchmarks/scorer_eval.py")
+
+
+ScorerEntry = Annotated[JudgeScorerEntry | RewardModelScorerEntry | HybridScorerEntry, Field(discriminator="kind")]
+FAST_KINDS = ("judge_logprobs", "reward_model")
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -108,15 +159,37 @@ class Registry(BaseModel):
     policy: PolicyDefaults = PolicyDefaults()
     models: list[ModelEntry] = Field(min_length=1)
     serving: ServingSettings = ServingSettings()
+    scorers: list[ScorerEntry] = Field(default_factory=list, description="reward scorers used by `erp collect`")
     source: Path = Field(Path("model_registry.yaml"), exclude=True)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Registry":
-        seen: dict[str, int] = {}
-        for i, entry in enumerate(self.models):
-            if entry.name in seen:
-                raise ValueError(f"models[{i}].name: duplicate model name {entry.name!r} (also models[{seen[entry.name]}]); names must be unique")
-            seen[entry.name] = i
+        for section, noun in (("models", "model"), ("scorers", "scorer")):
+            seen: dict[str, int] = {}
+            for i, entry in enumerate(getattr(self, section)):
+                if entry.name in seen:
+                    raise ValueError(
+                        f"{section}[{i}].name: duplicate {noun} name {entry.name!r} (also {section}[{seen[entry.name]}]); "
+                        "names must be unique"
+                    )
+                seen[entry.name] = i
+        return self
+
+    @model_validator(mode="after")
+    def _hybrids_name_their_parts(self) -> "Registry":
+        kinds = {entry.name: entry.kind for entry in self.scorers}
+        for i, entry in enumerate(self.scorers):
+            if entry.kind != "hybrid":
+                continue
+            for role, wanted in (("fast", FAST_KINDS), ("slow", ("judge",))):
+                part = getattr(entry, role)
+                if kinds.get(part) not in wanted:
+                    found = f"{part!r} is a {kinds[part]} scorer" if part in kinds else f"no scorer named {part!r}"
+                    candidates = [name for name, kind in kinds.items() if kind in wanted] or ["(none yet)"]
+                    raise ValueError(
+                        f"scorers[{i}].{role}: {found}; the {role} part must be a {' or '.join(wanted)} scorer, "
+                        f"one of: {', '.join(candidates)}"
+                    )
         return self
 
     @property
@@ -133,6 +206,16 @@ class Registry(BaseModel):
                 return model
         raise RegistryError(
             f"{self.source}: no model named {name!r}; registry models: {', '.join(m.name for m in self.models)}"
+        )
+
+    def scorer(self, name: str) -> ScorerEntry:
+        for entry in self.scorers:
+            if entry.name == name:
+                return entry
+        known = ", ".join(entry.name for entry in self.scorers) or "none"
+        raise RegistryError(
+            f"{self.source}: no scorer named {name!r}; registry scorers: {known}; "
+            "fix: pass one of them or add it under the `scorers:` key"
         )
 
     def path_of(self, relative: Path) -> Path:
@@ -179,6 +262,8 @@ def _litellm_prices(entry: ModelEntry, source: Path, index: int) -> tuple[float,
 
 
 def _key_path(loc: tuple) -> str:
+    if len(loc) > 2 and loc[0] == "scorers" and isinstance(loc[1], int):
+        loc = loc[:2] + loc[3:]  # drop the `kind` tag pydantic puts in a tagged union's location
     path = ""
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
@@ -193,7 +278,12 @@ def _fix_for(error: dict) -> str:
         return "add this key"
     if kind == "literal_error":
         return f"use one of the allowed values ({error.get('ctx', {}).get('expected', '')})"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"set kind to one of {error.get('ctx', {}).get('expected_tags', '')}"
     return "correct the value"
+
+
+_KEYED_MESSAGE = re.compile(r"^\w+\[\d+\](\.\w+)*: ")
 
 
 def _format_validation(path: Path, exc: ValidationError) -> str:
@@ -201,6 +291,8 @@ def _format_validation(path: Path, exc: ValidationError) -> str:
     for error in exc.errors():
         key = _key_path(tuple(part for part in error["loc"] if part != "__root__"))
         message = error["msg"].removeprefix("Value error, ")
+        if not key and _KEYED_MESSAGE.match(message):  # a whole-registry check that names its own key
+            key, message = message.split(": ", 1)
         lines.append(f"{path}: key '{key or '<top level>'}': {message}; fix: {_fix_for(error)}")
     return "\n".join(lines)
 

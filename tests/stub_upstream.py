@@ -1,7 +1,12 @@
 """A local OpenAI-compatible upstream for tests and benchmarks.
 
 It answers every chat completion with a deterministic echo, reports usage, streams
-server-sent events, and fails on request: tests set ``StubState.failures[model]``.
+server-sent events, and fails on request: tests set ``StubState.failures[model]`` (every call fails)
+or ``StubState.fail_first[model] = (n, failure)`` (the next n calls fail, then it answers).
+Judge tests script the answers: ``StubState.replies[model]`` is a list of texts (one per call, in order,
+then the echo again) or a function of the request's messages; ``StubState.logprobs[model]`` is a
+token -> probability dict (or a function of the messages giving one) returned as the first token's
+``top_logprobs`` in OpenAI's format, the likeliest token being the answer.
 Run standalone (``python -m tests.stub_upstream --port 9000``) for the benchmarks.
 """
 
@@ -10,11 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -45,17 +51,48 @@ class Hit:
     body: dict
 
 
+Replies = list[str] | Callable[[list[dict]], str]
+Logprobs = dict[str, float] | Callable[[list[dict]], dict[str, float]]
+
+
 @dataclass
 class StubState:
     """What the stub will do and what it saw; tests mutate and read it directly."""
 
     failures: dict[str, Failure] = field(default_factory=dict)
+    fail_first: dict[str, tuple[int, Failure]] = field(default_factory=dict)
+    replies: dict[str, Replies] = field(default_factory=dict)
+    logprobs: dict[str, Logprobs] = field(default_factory=dict)
     hang_s: float = 5.0
     hits: deque[Hit] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def reset(self) -> None:
-        self.failures.clear()
+        for planned in (self.failures, self.fail_first, self.replies, self.logprobs):
+            planned.clear()
         self.hits.clear()
+
+    def failure_for(self, model: str) -> Failure | None:
+        """The planned failure of this call: a standing one, else one of the first n calls' failures."""
+        if model in self.failures:
+            return self.failures[model]
+        remaining, failure = self.fail_first.get(model, (0, None))
+        if remaining <= 0:
+            return None
+        self.fail_first[model] = (remaining - 1, failure)
+        return failure
+
+    def reply_for(self, model: str, messages: list[dict]) -> tuple[str, dict | None]:
+        """The answer text and, when scripted, its first token's logprobs in OpenAI's format."""
+        if model in self.logprobs:
+            planned = self.logprobs[model]
+            probabilities = planned(messages) if callable(planned) else planned
+            return max(probabilities, key=probabilities.get), _logprobs_body(probabilities)
+        planned = self.replies.get(model)
+        if callable(planned):
+            return planned(messages), None
+        if planned:
+            return planned.pop(0), None
+        return answer_for(model, messages), None
 
     def models_hit(self) -> list[str]:
         return [hit.model for hit in self.hits]
@@ -66,6 +103,12 @@ def answer_for(model: str, messages: list[dict]) -> str:
     last = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
     text = last if isinstance(last, str) else " ".join(p.get("text", "") for p in last or [])
     return f"{model} says: {text[:60]}"
+
+
+def _logprobs_body(probabilities: dict[str, float]) -> dict:
+    ranked = sorted(probabilities.items(), key=lambda item: -item[1])
+    top = [{"token": token, "logprob": math.log(p), "bytes": list(token.encode())} for token, p in ranked]
+    return {"content": [{**top[0], "top_logprobs": top}]}
 
 
 def usage_for(messages: list[dict], answer: str) -> dict:
@@ -103,14 +146,14 @@ def create_stub_app(state: StubState) -> FastAPI:
         body = await request.json()
         model, messages, stream = body["model"], body["messages"], bool(body.get("stream"))
         state.hits.append(Hit(model, stream, request.headers.get("authorization"), body))
-        failure = state.failures.get(model)
+        failure = state.failure_for(model)
         if failure == "timeout":
             await asyncio.sleep(state.hang_s)
         if failure in _STATUS_ERRORS:
             status, code, message = _STATUS_ERRORS[failure]
             error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
             return JSONResponse({"error": error}, status_code=status)
-        answer = answer_for(model, messages)
+        answer, logprobs = state.reply_for(model, messages)
         usage = usage_for(messages, answer)
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -121,7 +164,14 @@ def create_stub_app(state: StubState) -> FastAPI:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "logprobs": logprobs,
+                    "finish_reason": "stop",
+                }
+            ],
             "usage": usage,
         }
 
