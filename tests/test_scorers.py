@@ -201,3 +201,243 @@ def test_stub_logprobs_follow_openai_format(stub):
     assert reply["choices"][0]["message"]["content"] == "3" and content["token"] == "3"
     assert [t["token"] for t in content["top_logprobs"]] == ["3", "4"]
     assert json.dumps(content["top_logprobs"][0]["logprob"]) == json.dumps(np.log(0.75))
+
+
+# --- local reward model -------------------------------------------------------------------------------
+
+RM_WORDS = "user assistant system : what is the capital of france paris a city i do not know it maybe lyon".split()
+
+
+def save_tiny_reward_model(directory: Path, chat_template: bool = True) -> Path:
+    """A randomly initialized one-output Llama classifier and a word-level tokenizer, saved like a checkpoint."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "<s>", "</s>", *dict.fromkeys(RM_WORDS)])}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>", eos_token="</s>"
+    )
+    if chat_template:
+        tokenizer.chat_template = "<s>{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}</s>"
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        num_labels=1,
+        pad_token_id=0,
+        initializer_range=0.5,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory) -> Path:
+    return save_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"))
+
+
+def rm_items(n: int, seed: int = 0) -> list[ScoringItem]:
+    rng = np.random.default_rng(seed)
+    answers = ["paris", "a city", "i do not know", "lyon maybe", "paris is the capital of france"]
+    return [
+        ScoringItem("what is the capital of france", " ".join(rng.choice(answers, rng.integers(1, 4))), model="small")
+        for _ in range(n)
+    ]
+
+
+def rm_registry(tmp_path: Path, model_dir: Path, **extra) -> Path:
+    return registry_with(tmp_path, [{"name": "rm", "kind": "reward_model", "path": str(model_dir), **extra}])
+
+
+def test_reward_model_scores_in_batches_like_one_by_one(tmp_path, tiny_reward_model):
+    scorer = build_scorer(load_registry(rm_registry(tmp_path, tiny_reward_model, batch_size=4, device="auto")), "rm")
+    assert isinstance(scorer, RewardScorer) and scorer.device == "cpu"
+    batch_items = rm_items(11)
+    batch = asyncio.run(scorer.score(batch_items))
+    singles = [asyncio.run(scorer.score([item])).rewards[0] for item in batch_items]
+    assert batch.rewards == pytest.approx(singles, abs=1e-5)
+    assert ((batch.rewards > 0) & (batch.rewards < 1)).all() and np.ptp(batch.rewards) > 1e-3
+    assert batch.tokens == 0 and batch.errors == [None] * 11 and not batch.slow.any()
+    raw = scorer.raw_scores(batch_items)
+    assert batch.rewards == pytest.approx(1 / (1 + np.exp(-raw)))  # uncalibrated: the raw output as a logit
+
+
+def test_reward_model_renders_its_chat_template_or_a_text_pair(tmp_path, tiny_reward_model):
+    templated = build_scorer(load_registry(rm_registry(tmp_path, tiny_reward_model)), "rm")
+    item = ScoringItem("what is it", "paris", system="a city")
+    assert templated._render(item) == ("<s>system : a city user : what is it assistant : paris </s>", None)
+    plain_dir = save_tiny_reward_model(tmp_path / "plain", chat_template=False)
+    plain = build_scorer(load_registry(rm_registry(tmp_path, plain_dir)), "rm")
+    assert plain._render(item) == ("what is it", "paris")
+    assert np.isfinite(asyncio.run(plain.score(rm_items(3))).rewards).all()
+
+
+def test_reward_model_calibration_standardizes_and_sets_certainty(tmp_path, tiny_reward_model):
+    scorer = build_scorer(load_registry(rm_registry(tmp_path, tiny_reward_model)), "rm")
+    calibration = rm_items(40, seed=1)
+    asyncio.run(scorer.calibrate(calibration))
+    raw = scorer.raw_scores(calibration)
+    assert scorer.mean_ == pytest.approx(raw.mean()) and scorer.std_ == pytest.approx(raw.std())
+    batch = asyncio.run(scorer.score(calibration))
+    z = (raw - raw.mean()) / raw.std()
+    assert batch.certainty == pytest.approx(np.abs(z)) and batch.rewards == pytest.approx(1 / (1 + np.exp(-z)))
+    assert np.mean(batch.rewards > 0.5) == pytest.approx(np.mean(raw > raw.mean()))
+
+
+def test_reward_model_path_problems_name_the_key_and_fix(tmp_path):
+    registry = load_registry(rm_registry(tmp_path, tmp_path / "not-downloaded"))  # loading does not need it
+    with pytest.raises(RegistryError, match=r"scorers\[0\].path'.*not-downloaded.*fix: download"):
+        build_scorer(registry, "rm")
+
+
+# --- fast/slow hybrid ---------------------------------------------------------------------------------
+
+def question_items(start: int, n: int) -> list[ScoringItem]:
+    return [ScoringItem(f"Question {i}: what is {i} squared?", f"It is {i * i}.", model="small") for i in range(start, start + n)]
+
+
+def question_of(messages: list[dict]) -> int:
+    import re
+
+    return int(re.search(r"Question (\d+):", " ".join(m["content"] for m in messages)).group(1))
+
+
+def fast_distribution(messages: list[dict]) -> dict[str, float]:
+    """A per-question score distribution whose top-token mass (the certainty) varies from 0.3 to 0.95."""
+    rng = np.random.default_rng(question_of(messages))
+    top, other = rng.integers(1, 11), rng.integers(1, 11)
+    top_mass = rng.uniform(0.3, 0.95)
+    distribution = {str(top): top_mass}
+    distribution[str(other) if other != top else "Sure"] = 1 - top_mass
+    return distribution
+
+
+def erp_guess(prompts: list[str], models: list[str | None]) -> np.ndarray:
+    """A stand-in ERP predictor: a fixed pseudo-random expected reward per question."""
+    return np.array([np.random.default_rng(10_000 + question_of([{"content": p}])).uniform() for p in prompts])
+
+
+@pytest.fixture
+def scripted_judges(judges, stub):
+    stub.state.logprobs[FAST] = fast_distribution
+    stub.state.replies[JUDGE] = lambda messages: f'{{"rationale": "checked", "score": {question_of(messages) % 10 + 1}}}'
+    return judges
+
+
+@pytest.mark.parametrize("with_erp", [True, False])
+def test_hybrid_meets_its_slow_fraction_and_calls_the_slow_judge_only_when_unsure(scripted_judges, stub, with_erp):
+    from predictors.scorers.hybrid import HybridScorer
+
+    fast, slow = scripted_judges["fast"], scripted_judges["judge"]
+    hybrid = HybridScorer("hybrid", fast, slow, erp_guess if with_erp else None)
+    calibration = asyncio.run(hybrid.calibrate(question_items(0, 300), target_slow_fraction=0.25))
+    assert calibration.calibration_slow_fraction == pytest.approx(0.25, abs=0.01)
+    assert (calibration.agreement_threshold is not None) == with_erp
+    assert hits(stub, JUDGE) == 0  # calibration never pays for the slow judge
+
+    stub.state.hits.clear()
+    fresh = question_items(1_000, 300)
+    batch = asyncio.run(hybrid.score(fresh))
+    assert batch.slow.mean() == pytest.approx(0.25, abs=0.07)
+    assert hits(stub, JUDGE) == batch.slow.sum() and hits(stub, FAST) == len(fresh)
+    slow_questions = {question_of(hit.body["messages"]) for hit in stub.state.hits if hit.model == JUDGE}
+    assert slow_questions == {1_000 + i for i in np.flatnonzero(batch.slow)}
+
+    fast_only = asyncio.run(fast.score(fresh))
+    unsure = fast_only.certainty < calibration.certainty_threshold
+    if with_erp:
+        unsure |= 1 - np.abs(fast_only.rewards - erp_guess([i.prompt for i in fresh], [])) < calibration.agreement_threshold
+    assert (batch.slow == unsure).all()
+    picked = [fresh[i] for i in np.flatnonzero(batch.slow)]
+    slow_only = asyncio.run(slow.score(picked))
+    assert batch.tokens == fast_only.tokens + slow_only.tokens
+    assert batch.rewards[batch.slow] == pytest.approx(slow_only.rewards)
+    assert batch.rewards[~batch.slow] == pytest.approx(fast_only.rewards[~batch.slow])
+
+
+def test_hybrid_sends_fast_failures_slow_and_records_slow_failures_as_missing(scripted_judges, stub):
+    from predictors.scorers.hybrid import HybridScorer
+
+    hybrid = HybridScorer("hybrid", scripted_judges["fast"], scripted_judges["judge"])
+    asyncio.run(hybrid.calibrate(question_items(0, 200), target_slow_fraction=0.1))
+    planned = {1: {"Hmm": 1.0}, 2: {"5": 0.05, "Hmm": 0.95}}  # 1: no score at all; 2: a very unsure score
+    stub.state.logprobs[FAST] = lambda messages: planned.get(question_of(messages)) or fast_distribution(messages)
+    stub.state.replies[JUDGE] = lambda messages: "no verdict" if question_of(messages) == 2 else '{"score": 10}'
+    batch = asyncio.run(hybrid.score(question_items(0, 3)))
+    assert batch.slow[1] and batch.rewards[1] == 1.0 and batch.errors[1] is None
+    assert batch.slow[2] and np.isnan(batch.rewards[2]) and "no verdict" in batch.errors[2]
+
+
+def hybrid_entries(api_base: str, thresholds: Path, use_erp: bool = False) -> list[dict]:
+    hybrid = {"name": "hybrid", "kind": "hybrid", "fast": "fast", "slow": "judge", "use_erp": use_erp}
+    return judge_entries(api_base) + [{**hybrid, "target_slow_fraction": 0.3, "thresholds": str(thresholds)}]
+
+
+def test_hybrid_thresholds_persist_and_are_reused_through_the_registry(tmp_path, scripted_judges, stub):
+    thresholds = tmp_path / "calibration" / "hybrid.json"
+    registry = load_registry(registry_with(tmp_path, hybrid_entries(stub.url, thresholds)))
+    with pytest.raises(RegistryError, match=r"scorers\[2\].thresholds'.*not found; fix: calibrate it with"):
+        build_scorer(registry, "hybrid")
+    fresh = build_scorer(registry, "hybrid", require_calibration=False)
+    calibration = asyncio.run(fresh.calibrate(question_items(0, 200), registry.scorer("hybrid").target_slow_fraction))
+    calibration.save(thresholds)
+    reused = build_scorer(registry, "hybrid")
+    assert reused.calibration_ == calibration
+    items_ = question_items(500, 50)
+    assert (asyncio.run(reused.score(items_)).slow == asyncio.run(fresh.score(items_)).slow).all()
+
+    thresholds.write_text(json.dumps({**calibration.model_dump(), "fast": "other"}))
+    with pytest.raises(RegistryError, match=r"thresholds'.*calibrated for fast=other.*fix: recalibrate"):
+        build_scorer(registry, "hybrid")
+
+
+def test_hybrid_with_a_reward_model_restores_its_calibration(tmp_path, tiny_reward_model, stub, monkeypatch):
+    from predictors.scorers.hybrid import HybridCalibration, HybridScorer
+
+    monkeypatch.setenv(KEY_ENV, "stub-key")
+    stub.state.replies[JUDGE] = lambda messages: '{"score": 8}'
+    entries = judge_entries(stub.url)[:1] + [{"name": "rm", "kind": "reward_model", "path": str(tiny_reward_model)}]
+    registry = load_registry(registry_with(tmp_path, entries))
+    hybrid = HybridScorer("h", build_scorer(registry, "rm"), build_scorer(registry, "judge"))
+    calibration = asyncio.run(hybrid.calibrate(rm_items(200, seed=2), target_slow_fraction=0.2))
+    assert calibration.fast_state == hybrid.fast.state() and calibration.calibration_slow_fraction <= 0.25
+    again = HybridScorer("h", build_scorer(registry, "rm"), build_scorer(registry, "judge"))
+    again.load_calibration(HybridCalibration.model_validate(calibration.model_dump()))
+    assert again.fast.state() == calibration.fast_state
+    batch = asyncio.run(again.score(rm_items(20, seed=3)))
+    assert hits(stub, JUDGE) == batch.slow.sum() and (batch.rewards[batch.slow] == pytest.approx(7 / 9))
+
+
+def test_uncalibrated_hybrid_refuses_to_score(judges):
+    from predictors.scorers.hybrid import HybridScorer
+
+    with pytest.raises(ValueError, match="no thresholds; calibrate"):
+        asyncio.run(HybridScorer("h", judges["fast"], judges["judge"]).score(question_items(0, 1)))
+
+
+def test_erp_agreement_comes_from_the_fitted_routing_engine(write_registry, scripted_judges, stub, tmp_path):
+    from router.engine import RoutingEngine
+
+    path = write_registry()
+    document = yaml.safe_load(path.read_text())
+    document["scorers"] = hybrid_entries(stub.url, tmp_path / "erp-hybrid.json", use_erp=True)
+    path.write_text(yaml.safe_dump(document))
+    hybrid = build_scorer(load_registry(path), "hybrid", require_calibration=False)
+    engine = RoutingEngine.from_registry(path)
+    prompts = ["Question 1: what is 1 squared?", "Question 2: prove that sqrt(2) is irrational."]
+    expected = hybrid.expected_reward(prompts, ["gpt-4o-mini-2024-07-18", "not-in-the-pool"])
+    column = engine.models.index("gpt-4o-mini-2024-07-18")
+    assert expected[0] == pytest.approx(engine.predict(prompts[:1]).rewards[0, column]) and np.isnan(expected[1])
+    items_ = [ScoringItem(i.prompt, i.response, model="gpt-4o-mini-2024-07-18") for i in question_items(0, 200)]
+    calibration = asyncio.run(hybrid.calibrate(items_, 0.3))
+    assert calibration.agreement_threshold is not None
+    assert calibration.calibration_slow_fraction == pytest.approx(0.3, abs=0.01)

@@ -1,0 +1,175 @@
+"""Fast/slow hybrid scoring: a cheap scorer for every item, the chain-of-thought judge only where it is unsure.
+
+After the fast/slow-thinking reward models: the fast scorer (a local reward model or a single-token
+log-probability judge) gives a score and two confidences,
+
+- certainty: the fast scorer's own (a judge's probability on its top score token; a reward model's
+  distance from the decision boundary in calibration spreads), and
+- agreement: 1 - |fast reward - expected reward of (prompt, model) from the ERP predictor|,
+
+and an item goes to the slow judge when either is below its threshold (or the fast scorer failed on it).
+
+Threshold rule (equal quantiles): both thresholds sit at the same quantile q of their own calibration
+distributions, so neither confidence is favored and their scales need not match; q is the grid point
+(step 0.001) whose share of calibration items sent slow is closest to the target fraction. That share
+grows with q and lies between q and 2q (plus the items the fast scorer failed on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from predictors.scorers.base import RewardScorer, ScoreBatch, ScoringItem
+
+ExpectedReward = Callable[[list[str], list[str | None]], np.ndarray]
+"""(prompts, models) -> each pair's expected reward from the ERP predictor; NaN where it has none."""
+
+_QUANTILES = np.linspace(0.0, 1.0, 1001)
+
+
+class HybridCalibration(BaseModel):
+    """What `HybridScorer.calibrate` learned; saved as JSON so a calibrated hybrid is reused as is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fast: str
+    slow: str
+    quantile: float = Field(ge=0, le=1)
+    certainty_threshold: float
+    agreement_threshold: float | None = Field(description="None when the hybrid has no ERP predictor")
+    target_slow_fraction: float
+    calibration_slow_fraction: float = Field(description="share of calibration items the thresholds send slow")
+    n_items: int
+    fast_state: dict[str, float] | None = Field(None, description="the fast scorer's own calibration, if any")
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "HybridCalibration":
+        return cls.model_validate_json(path.read_text())
+
+
+def send_slow(
+    rewards: np.ndarray,
+    certainty: np.ndarray,
+    agreement: np.ndarray | None,
+    certainty_threshold: float | np.ndarray,
+    agreement_threshold: float | np.ndarray | None,
+) -> np.ndarray:
+    """Items the slow judge must score; thresholds may be arrays (one column per candidate pair).
+
+    A missing fast score or certainty always goes slow; a missing agreement (no ERP prediction for that
+    model) leaves the decision to certainty alone.
+    """
+    certainty_threshold = np.atleast_1d(certainty_threshold)
+    unsure = (np.isnan(rewards) | np.isnan(certainty))[:, None] | (certainty[:, None] < certainty_threshold[None, :])
+    if agreement is not None and agreement_threshold is not None:
+        unsure |= agreement[:, None] < np.atleast_1d(agreement_threshold)[None, :]
+    return unsure if unsure.shape[1] > 1 else unsure[:, 0]
+
+
+def choose_thresholds(
+    rewards: np.ndarray, certainty: np.ndarray, agreement: np.ndarray | None, target: float
+) -> tuple[float, float, float | None, float]:
+    """(q, certainty threshold, agreement threshold, achieved slow share) by the equal-quantile rule."""
+    if np.isnan(certainty).all():
+        raise ValueError("the fast scorer gave no certainty on the calibration set; nothing to threshold")
+    certainty_thresholds = np.nanquantile(certainty, _QUANTILES)
+    use_agreement = agreement is not None and not np.isnan(agreement).all()
+    agreement_thresholds = np.nanquantile(agreement, _QUANTILES) if use_agreement else None
+    shares = send_slow(rewards, certainty, agreement, certainty_thresholds, agreement_thresholds).mean(axis=0)
+    best = int(np.argmin(np.abs(shares - target)))
+    agreement_threshold = float(agreement_thresholds[best]) if use_agreement else None
+    return float(_QUANTILES[best]), float(certainty_thresholds[best]), agreement_threshold, float(shares[best])
+
+
+class HybridScorer:
+    """Scores with `fast`, re-scores the unsure items with `slow`; `calibrate` before `score`."""
+
+    def __init__(
+        self, name: str, fast: RewardScorer, slow: RewardScorer, expected_reward: ExpectedReward | None = None
+    ) -> None:
+        self.name, self.fast, self.slow, self.expected_reward = name, fast, slow, expected_reward
+        self.calibration_: HybridCalibration | None = None
+
+    async def calibrate(self, items: list[ScoringItem], target_slow_fraction: float) -> HybridCalibration:
+        """Calibrate the fast scorer (if it can be), then set both thresholds to hit the target slow share."""
+        if not 0 < target_slow_fraction < 1:
+            raise ValueError(f"target_slow_fraction must be in (0, 1), got {target_slow_fraction}")
+        if hasattr(self.fast, "calibrate"):
+            await self.fast.calibrate(items)
+        batch = await self.fast.score(items)
+        certainty = self._certainty(batch)
+        agreement = await self._agreement(items, batch.rewards)
+        quantile, certainty_threshold, agreement_threshold, share = choose_thresholds(
+            batch.rewards, certainty, agreement, target_slow_fraction
+        )
+        self.calibration_ = HybridCalibration(
+            fast=self.fast.name,
+            slow=self.slow.name,
+            quantile=quantile,
+            certainty_threshold=certainty_threshold,
+            agreement_threshold=agreement_threshold,
+            target_slow_fraction=target_slow_fraction,
+            calibration_slow_fraction=share,
+            n_items=len(items),
+            fast_state=self.fast.state() if hasattr(self.fast, "state") else None,
+        )
+        return self.calibration_
+
+    def load_calibration(self, calibration: HybridCalibration) -> None:
+        """Reuse saved thresholds; they must come from the same fast and slow scorers and ERP setting."""
+        if (calibration.fast, calibration.slow) != (self.fast.name, self.slow.name):
+            raise ValueError(
+                f"the thresholds were calibrated for fast={calibration.fast}, slow={calibration.slow}, "
+                f"not fast={self.fast.name}, slow={self.slow.name}"
+            )
+        if (calibration.agreement_threshold is None) != (self.expected_reward is None):
+            with_erp = "with" if calibration.agreement_threshold is not None else "without"
+            raise ValueError(f"the thresholds were calibrated {with_erp} the ERP agreement check; this hybrid differs")
+        if calibration.fast_state is not None:
+            self.fast.load_state(calibration.fast_state)
+        self.calibration_ = calibration
+
+    async def score(self, items: list[ScoringItem]) -> ScoreBatch:
+        if self.calibration_ is None:
+            raise ValueError(f"hybrid scorer {self.name!r} has no thresholds; calibrate it on a calibration set first")
+        batch = await self.fast.score(items)
+        certainty = self._certainty(batch)
+        agreement = await self._agreement(items, batch.rewards)
+        slow = send_slow(
+            batch.rewards,
+            certainty,
+            agreement,
+            self.calibration_.certainty_threshold,
+            self.calibration_.agreement_threshold,
+        )
+        rewards, errors, tokens = batch.rewards.copy(), list(batch.errors), batch.tokens
+        picked = np.flatnonzero(slow)
+        if len(picked):
+            judged = await self.slow.score([items[i] for i in picked])
+            rewards[picked] = judged.rewards
+            for i, error in zip(picked, judged.errors, strict=True):
+                errors[i] = error
+            tokens += judged.tokens
+        return ScoreBatch(rewards, tokens, errors, slow=slow, certainty=certainty)
+
+    def _certainty(self, batch: ScoreBatch) -> np.ndarray:
+        if batch.certainty is None:
+            raise ValueError(f"fast scorer {self.fast.name!r} reports no certainty; use a reward model or logprob judge")
+        return batch.certainty
+
+    async def _agreement(self, items: list[ScoringItem], rewards: np.ndarray) -> np.ndarray | None:
+        if self.expected_reward is None:
+            return None
+        expected = await asyncio.to_thread(
+            self.expected_reward, [item.prompt for item in items], [item.model for item in items]
+        )
+        return 1.0 - np.abs(rewards - np.asarray(expected, dtype=np.float64))
