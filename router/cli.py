@@ -1,6 +1,7 @@
-"""The ``erp`` command: fit predictors, route a prompt, run offline simulations.
+"""The ``erp`` command: fit predictors, route a prompt, run offline simulations, collect a dataset.
 
-Bad input exits with code 2 and a one-line message; no tracebacks.
+Bad input exits with code 2 and a one-line message; no tracebacks. ``erp collect`` exits 1 when some
+(prompt, model, sample) triples failed and the dataset holds only the rest.
 """
 
 from __future__ import annotations
@@ -55,6 +56,31 @@ def _simulate(args: argparse.Namespace) -> None:
     run_simulate(args)
 
 
+def _collect(args: argparse.Namespace) -> int:
+    from router.collect.pipeline import CollectConfig, run_collect
+    from router.collect.sampling import SamplingConfig
+
+    sampling = SamplingConfig(
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        retries=args.retries,
+    )
+    config = CollectConfig(
+        prompts=Path(args.prompts),
+        registry=Path(args.registry),
+        scorer=args.scorer,
+        out=Path(args.out),
+        samples=args.samples,
+        limit=args.limit,
+        seed=args.seed,
+        categories=Path(args.categories) if args.categories else None,
+        sampling=sampling,
+    )
+    return run_collect(config)
+
+
 def _serve(args: argparse.Namespace) -> None:
     from router.server import serve
 
@@ -91,6 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--holdout-model", help="fit the pool without this model, then add it with one head fit")
     simulate.set_defaults(handler=_simulate)
 
+    collect = sub.add_parser("collect", help="sample every enabled model on prompts, score the responses, write a routing dataset")
+    collect.add_argument("--prompts", required=True, help="open-perfectblend parquet/JSONL file, or a prompts.parquet")
+    collect.add_argument("--registry", default=DEFAULT_REGISTRY)
+    collect.add_argument("--samples", type=int, default=1, help="responses per (prompt, model)")
+    collect.add_argument("--scorer", required=True, help="name of a scorer in the registry's scorers: section")
+    collect.add_argument("--out", required=True, help="folder for the dataset, the journal and the run manifest")
+    collect.add_argument("--limit", type=int, help="collect on this many prompts, stratified by category")
+    collect.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
+    collect.add_argument("--categories", help="YAML mapping category -> source substrings, tried before the built-ins")
+    collect.add_argument("--concurrency", type=int, default=8, help="calls in flight per model")
+    collect.add_argument("--temperature", type=float, default=0.7)
+    collect.add_argument("--max-tokens", type=int, default=1024, help="response budget per call")
+    collect.add_argument("--timeout", type=float, default=120.0, help="seconds per call attempt")
+    collect.add_argument("--retries", type=int, default=4, help="retries per call on 429, 5xx, timeouts")
+    collect.set_defaults(handler=_collect)
+
     serve = sub.add_parser("serve", help="run the OpenAI-compatible routing proxy (state in Redis if REDIS_URL is set)")
     serve.add_argument("--registry", default=DEFAULT_REGISTRY)
     serve.add_argument("--host", default="127.0.0.1")
@@ -102,18 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from predictors.artifacts import ArtifactError
     from predictors.dataset import DatasetError
+    from router.collect import CollectError
     from router.registry import RegistryError
 
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
-    except (UsageError, DatasetError, RegistryError, ArtifactError) as exc:
+        return args.handler(args) or 0
+    except (UsageError, CollectError, DatasetError, RegistryError, ArtifactError) as exc:
         print(f"erp: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("erp: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

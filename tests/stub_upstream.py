@@ -64,12 +64,14 @@ class StubState:
     replies: dict[str, Replies] = field(default_factory=dict)
     logprobs: dict[str, Logprobs] = field(default_factory=dict)
     hang_s: float = 5.0
+    delay_s: float = 0.0  # added to every answer, to keep a run in flight
     hits: deque[Hit] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def reset(self) -> None:
         for planned in (self.failures, self.fail_first, self.replies, self.logprobs):
             planned.clear()
         self.hits.clear()
+        self.delay_s = 0.0
 
     def failure_for(self, model: str) -> Failure | None:
         """The planned failure of this call: a standing one, else one of the first n calls' failures."""
@@ -146,6 +148,8 @@ def create_stub_app(state: StubState) -> FastAPI:
         body = await request.json()
         model, messages, stream = body["model"], body["messages"], bool(body.get("stream"))
         state.hits.append(Hit(model, stream, request.headers.get("authorization"), body))
+        if state.delay_s:
+            await asyncio.sleep(state.delay_s)
         failure = state.failure_for(model)
         if failure == "timeout":
             await asyncio.sleep(state.hang_s)

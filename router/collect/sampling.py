@@ -1,0 +1,72 @@
+"""One sampled response per call: each pool model behind the scorers' ``CompletionClient``.
+
+The client bounds the calls in flight per model and retries (tenacity, exponential backoff with jitter)
+rate limits, timeouts, connection errors and 5xx; anything else fails the triple at once. Costs are usage
+tokens times the registry's prices, the same prices routing uses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from predictors.scorers.completion import CompletionClient
+from router.registry import ModelEntry
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.7
+    max_tokens: int = 1024
+    concurrency: int = 8  # calls in flight per model
+    timeout_s: float = 120.0  # per attempt
+    retries: int = 4  # attempts after the first
+    backoff_s: float = 1.0  # first wait; doubles with each retry
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+def error_message(exc: BaseException) -> str:
+    """The error as one short line, for a journal line and the summary."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+class Sampler:
+    """Samples the registry's models at the configured temperature; one client per model."""
+
+    def __init__(self, entries: list[ModelEntry], usd_per_token: dict[str, tuple[float, float]], config: SamplingConfig) -> None:
+        self.config = config
+        self.prices = usd_per_token
+        self.clients = {
+            entry.name: CompletionClient(
+                litellm_model=entry.litellm_model,
+                api_base=entry.api_base,
+                api_key=os.environ.get(entry.api_key_env) if entry.api_key_env else None,
+                timeout_s=config.timeout_s,
+                retries=config.retries,
+                backoff_s=config.backoff_s,
+                concurrency=config.concurrency,
+            )
+            for entry in entries
+        }
+
+    async def sample(self, model: str, messages: list[dict]) -> Sample:
+        """One response of ``model``; raises the last error once retries are spent or it cannot be retried."""
+        response = await self.clients[model].complete(
+            messages, temperature=self.config.temperature, max_tokens=self.config.max_tokens
+        )
+        usage = response.usage
+        input_price, output_price = self.prices[model]
+        return Sample(
+            text=response.choices[0].message.content or "",
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            cost_usd=usage.prompt_tokens * input_price + usage.completion_tokens * output_price,
+        )
