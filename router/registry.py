@@ -169,8 +169,8 @@ class Registry(BaseModel):
             for i, entry in enumerate(getattr(self, section)):
                 if entry.name in seen:
                     raise ValueError(
-                        f"{section}[{i}].name: duplicate {noun} name {entry.name!r} (also {section}[{seen[entry.name]}]); "
-                        "names must be unique"
+                        f"{section}[{i}].name: duplicate {noun} name {entry.name!r} "
+                        f"(also {section}[{seen[entry.name]}]); names must be unique"
                     )
                 seen[entry.name] = i
         return self

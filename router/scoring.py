@@ -101,7 +101,9 @@ def _reward_model(registry: Registry, entry: RewardModelScorerEntry, key: str) -
         )
     except (OSError, ValueError) as exc:
         message = " ".join(str(exc).split())[:300]
-        raise RegistryError(f"{key}.path': cannot load {path}: {message}; fix: point it at a complete checkpoint") from None
+        raise RegistryError(
+            f"{key}.path': cannot load {path}: {message}; fix: point it at a complete checkpoint"
+        ) from None
 
 
 def _hybrid(
@@ -109,6 +111,12 @@ def _hybrid(
 ) -> RewardScorer:
     from predictors.scorers.hybrid import HybridCalibration, HybridScorer
 
+    path = registry.path_of(entry.thresholds)
+    recalibrate = (
+        f"python -m benchmarks.scorer_eval --registry {registry.source} --hybrid {entry.name} --calibration FILE"
+    )
+    if require_calibration and not path.is_file():  # checked first: building the parts may load a large model
+        raise RegistryError(f"{key}.thresholds': file {path} not found; fix: calibrate it with `{recalibrate}`")
     fast, slow = build_scorer(registry, entry.fast, engine), build_scorer(registry, entry.slow, engine)
     expected = None
     if entry.use_erp:
@@ -118,17 +126,13 @@ def _hybrid(
             engine = RoutingEngine.from_registry(registry.source)
         expected = erp_expected_reward(engine)
     hybrid = HybridScorer(entry.name, fast, slow, expected)
-    path = registry.path_of(entry.thresholds)
-    recalibrate = (
-        f"python -m benchmarks.scorer_eval --registry {registry.source} --hybrid {entry.name} --calibration FILE"
-    )
     if not path.is_file():
-        if require_calibration:
-            raise RegistryError(f"{key}.thresholds': file {path} not found; fix: calibrate it with `{recalibrate}`")
         return hybrid
     try:
         hybrid.load_calibration(HybridCalibration.load(path))
     except (ValidationError, ValueError) as exc:
         message = " ".join(str(exc).split())[:300]
-        raise RegistryError(f"{key}.thresholds': {path} does not fit: {message}; fix: recalibrate with `{recalibrate}`") from None
+        raise RegistryError(
+            f"{key}.thresholds': {path} does not fit: {message}; fix: recalibrate with `{recalibrate}`"
+        ) from None
     return hybrid

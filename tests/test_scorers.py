@@ -302,7 +302,8 @@ def test_reward_model_path_problems_name_the_key_and_fix(tmp_path):
 # --- fast/slow hybrid ---------------------------------------------------------------------------------
 
 def question_items(start: int, n: int) -> list[ScoringItem]:
-    return [ScoringItem(f"Question {i}: what is {i} squared?", f"It is {i * i}.", model="small") for i in range(start, start + n)]
+    numbers = range(start, start + n)
+    return [ScoringItem(f"Question {i}: what is {i} squared?", f"It is {i * i}.", model="small") for i in numbers]
 
 
 def question_of(messages: list[dict]) -> int:
@@ -329,7 +330,7 @@ def erp_guess(prompts: list[str], models: list[str | None]) -> np.ndarray:
 @pytest.fixture
 def scripted_judges(judges, stub):
     stub.state.logprobs[FAST] = fast_distribution
-    stub.state.replies[JUDGE] = lambda messages: f'{{"rationale": "checked", "score": {question_of(messages) % 10 + 1}}}'
+    stub.state.replies[JUDGE] = lambda messages: json.dumps({"score": question_of(messages) % 10 + 1})
     return judges
 
 
@@ -355,7 +356,8 @@ def test_hybrid_meets_its_slow_fraction_and_calls_the_slow_judge_only_when_unsur
     fast_only = asyncio.run(fast.score(fresh))
     unsure = fast_only.certainty < calibration.certainty_threshold
     if with_erp:
-        unsure |= 1 - np.abs(fast_only.rewards - erp_guess([i.prompt for i in fresh], [])) < calibration.agreement_threshold
+        agreement = 1 - np.abs(fast_only.rewards - erp_guess([i.prompt for i in fresh], []))
+        unsure |= agreement < calibration.agreement_threshold
     assert (batch.slow == unsure).all()
     picked = [fresh[i] for i in np.flatnonzero(batch.slow)]
     slow_only = asyncio.run(slow.score(picked))
@@ -441,3 +443,32 @@ def test_erp_agreement_comes_from_the_fitted_routing_engine(write_registry, scri
     calibration = asyncio.run(hybrid.calibrate(items_, 0.3))
     assert calibration.agreement_threshold is not None
     assert calibration.calibration_slow_fraction == pytest.approx(0.3, abs=0.01)
+
+
+# --- the scorer benchmark -----------------------------------------------------------------------------
+
+def test_scorer_eval_reports_fast_slow_and_hybrid_against_the_stub(tmp_path, stub, monkeypatch, capsys):
+    from benchmarks import scorer_eval
+    from stub_judge import script_judges, write_demo
+
+    monkeypatch.setenv("ERP_DEMO_JUDGE_KEY", "stub")
+    script_judges(stub.state, write_demo(tmp_path, stub.url, n_calibration=150, n_labeled=120))
+    registry, data = str(tmp_path / "model_registry.yaml"), str(tmp_path / "labeled.jsonl")
+    args = ["--registry", registry, "--hybrid", "hybrid", "--data", data]
+    assert scorer_eval.main(args) == 2  # no thresholds yet
+    assert "thresholds': file" in capsys.readouterr().err
+    out = tmp_path / "results.md"
+    assert scorer_eval.main([*args, "--calibration", str(tmp_path / "calibration.jsonl"), "--out", str(out)]) == 0
+    assert (tmp_path / "hybrid-thresholds.json").is_file()
+    cells = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")]
+    rows = {row[0].strip(): row[1:] for row in cells}
+    accuracy = {method: float(cells[2]) for method, cells in rows.items() if method != "method"}
+    tokens = {method: int(cells[4]) for method, cells in rows.items() if method != "method"}
+    assert accuracy["fast only"] < accuracy["hybrid"] <= accuracy["slow only"] + 0.02
+    assert tokens["fast only"] < tokens["hybrid"] < tokens["fast only"] + tokens["slow only"]
+    assert 0.15 < float(rows["hybrid"][6]) < 0.45  # the slow share, target 0.3
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "response": "r"}\n')
+    assert scorer_eval.main([*args[:4], "--data", str(bad)]) == 2
+    assert "lacks column(s) label" in capsys.readouterr().err

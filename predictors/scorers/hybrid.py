@@ -163,7 +163,9 @@ class HybridScorer:
 
     def _certainty(self, batch: ScoreBatch) -> np.ndarray:
         if batch.certainty is None:
-            raise ValueError(f"fast scorer {self.fast.name!r} reports no certainty; use a reward model or logprob judge")
+            raise ValueError(
+                f"fast scorer {self.fast.name!r} reports no certainty; use a reward model or a logprob judge"
+            )
         return batch.certainty
 
     async def _agreement(self, items: list[ScoringItem], rewards: np.ndarray) -> np.ndarray | None:
