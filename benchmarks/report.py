@@ -14,6 +14,7 @@ SCHEMA_VERSION = "1"
 class PolicyMetrics(BaseModel):
     apgr: float = Field(description="average performance gap recovered (0 = cheapest model, 1 = best single)")
     apgr_std: float
+    apgr_folds: list[float] = Field(description="APGR per fold, in fold order (paired across policies)")
     cost_to_match_best: float | None = Field(
         description="lowest mean cost reaching the best single model's reward, as a fraction of its cost; "
         "mean over the folds that reach it, null if none does"

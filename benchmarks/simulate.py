@@ -223,6 +223,7 @@ def _policy_metrics(frontiers: list[np.ndarray], refs: list[RefPoints]) -> Polic
     return PolicyMetrics(
         apgr=apgr_mean,
         apgr_std=apgr_std,
+        apgr_folds=[float(p[0]) for p in per_fold],
         cost_to_match_best=match_mean,
         cost_to_match_best_std=match_std,
         cost_to_match_best_folds=sum(p[1] is not None for p in per_fold),

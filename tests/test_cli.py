@@ -40,6 +40,8 @@ def test_simulate_writes_a_report_that_follows_the_schema(simulated):
     assert {"oracle", "category_best_average", "global_best_average", "knn", "random_mix", "single_models"} <= set(raw["baselines"])
     assert all("spearman" in p and "spearman_std" in p for p in raw["predictors"].values())
     assert report.baselines["oracle"].apgr > report.summary.apgr
+    assert len(report.summary.apgr_folds) == 2
+    assert report.summary.apgr == pytest.approx(sum(report.summary.apgr_folds) / 2)
     assert report.baselines["oracle"].apgr > 1
     assert report.summary.apgr > report.baselines["random_mix"].apgr
     assert report.holdout is not None and report.holdout.model == "gpt-4o-mini-2024-07-18"
