@@ -91,6 +91,8 @@ def test_judge_scores_json_and_score_lines_rescaled_to_unit_interval(judges, stu
     assert stub.state.hits[0].authorization == "Bearer stub-key"
     assert "What is" in body["messages"][-1]["content"] and body["temperature"] == 0
     assert batch.tokens > 0
+    empty = asyncio.run(judges["judge"].score([]))
+    assert empty.rewards.shape == (0,) and empty.tokens == 0
 
 
 def test_out_of_range_scores_are_clamped(judges, stub):
@@ -123,6 +125,19 @@ def test_rate_limits_and_5xx_are_retried_then_succeed(judges, stub, failure):
     batch = asyncio.run(judges["judge"].score(items(1)))
     assert batch.rewards.tolist() == pytest.approx([6 / 9]) and batch.errors == [None]
     assert hits(stub, JUDGE) == 3
+
+
+def test_timeouts_are_retried_then_succeed(stub, monkeypatch):
+    from predictors.scorers.completion import CompletionClient
+    from predictors.scorers.judge import LLMJudge
+
+    monkeypatch.setattr(stub.state, "hang_s", 2.0)
+    stub.state.fail_first[JUDGE] = (1, "timeout")
+    stub.state.replies[JUDGE] = lambda messages: '{"score": 4}'
+    client = CompletionClient(f"openai/{JUDGE}", stub.url, "stub-key", timeout_s=0.5, backoff_s=0.01)
+    batch = asyncio.run(LLMJudge("judge", client).score(items(1)))
+    assert batch.rewards.tolist() == pytest.approx([3 / 9]) and batch.errors == [None]
+    assert hits(stub, JUDGE) == 2
 
 
 def test_persistent_failures_and_client_errors_are_recorded_per_item(judges, stub):
@@ -269,6 +284,7 @@ def test_reward_model_scores_in_batches_like_one_by_one(tmp_path, tiny_reward_mo
     assert batch.tokens == 0 and batch.errors == [None] * 11 and not batch.slow.any()
     raw = scorer.raw_scores(batch_items)
     assert batch.rewards == pytest.approx(1 / (1 + np.exp(-raw)))  # uncalibrated: the raw output as a logit
+    assert asyncio.run(scorer.score([])).rewards.shape == (0,)
 
 
 def test_reward_model_renders_its_chat_template_or_a_text_pair(tmp_path, tiny_reward_model):
