@@ -23,6 +23,7 @@ import litellm
 import numpy as np
 
 from predictors.dataset import CHARS_PER_TOKEN
+from predictors.scorers.completion import is_transient
 from router.batching import Batcher
 from router.engine import Decision, Prediction, RoutingEngine
 from router.errors import (
@@ -38,15 +39,6 @@ from router.store import Store, key_counter, model_counter, open_store
 
 litellm.suppress_debug_info = True
 
-_FALLBACK_ERRORS = (
-    litellm.Timeout,
-    litellm.RateLimitError,
-    litellm.ServiceUnavailableError,
-    litellm.InternalServerError,
-    litellm.BadGatewayError,
-    litellm.ContextWindowExceededError,
-    litellm.APIConnectionError,
-)
 RecordHook = Callable[[RoutingRecord], None]
 
 
@@ -74,8 +66,7 @@ def routing_text(messages: list[dict], context_chars: int) -> str:
 
 def is_fallback_error(exc: Exception) -> bool:
     """Whether another model may succeed: timeouts, rate limits, 5xx, connection errors, context too long."""
-    status = getattr(exc, "status_code", None)
-    return isinstance(exc, _FALLBACK_ERRORS) or (isinstance(status, int) and (status in (408, 429) or status >= 500))
+    return is_transient(exc) or isinstance(exc, litellm.ContextWindowExceededError)
 
 
 @dataclass
