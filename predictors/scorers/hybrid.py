@@ -103,9 +103,10 @@ class HybridScorer:
         """Calibrate the fast scorer (if it can be), then set both thresholds to hit the target slow share."""
         if not 0 < target_slow_fraction < 1:
             raise ValueError(f"target_slow_fraction must be in (0, 1), got {target_slow_fraction}")
-        if hasattr(self.fast, "calibrate"):
-            await self.fast.calibrate(items)
-        batch = await self.fast.score(items)
+        if hasattr(self.fast, "calibrate"):  # a reward model standardizes on this set and returns its scores
+            batch = await self.fast.calibrate(items)
+        else:
+            batch = await self.fast.score(items)
         certainty = self._certainty(batch)
         agreement = await self._agreement(items, batch.rewards)
         quantile, certainty_threshold, agreement_threshold, share = choose_thresholds(

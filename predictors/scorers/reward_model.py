@@ -72,13 +72,16 @@ class RewardModelScorer:
                 raw[batch] = self._forward([texts[i] for i in batch])
         return raw
 
-    async def calibrate(self, items: list[ScoringItem]) -> "RewardModelScorer":
-        """Fit the standardization (mean and spread of raw rewards) on a calibration set."""
+    async def calibrate(self, items: list[ScoringItem]) -> ScoreBatch:
+        """Fit the standardization (mean and spread of raw rewards) on a calibration set.
+
+        Returns the calibration set scored with it, so a caller never runs the model over it twice.
+        """
         if len(items) < 2:
             raise ValueError("calibrating a reward model needs at least 2 items")
         raw = await asyncio.to_thread(self.raw_scores, items)
         self.mean_, self.std_ = float(raw.mean()), max(float(raw.std()), 1e-6)
-        return self
+        return self._batch(raw)
 
     def state(self) -> dict[str, float]:
         return {"mean": self.mean_, "std": self.std_}
@@ -87,10 +90,12 @@ class RewardModelScorer:
         self.mean_, self.std_ = float(state["mean"]), float(state["std"])
 
     async def score(self, items: list[ScoringItem]) -> ScoreBatch:
-        raw = await asyncio.to_thread(self.raw_scores, items)
+        return self._batch(await asyncio.to_thread(self.raw_scores, items))
+
+    def _batch(self, raw: np.ndarray) -> ScoreBatch:
         z = (raw - self.mean_) / self.std_
         rewards = 1.0 / (1.0 + np.exp(-z))
-        return ScoreBatch(rewards, 0, [None] * len(items), slow=np.zeros(len(items), dtype=bool), certainty=np.abs(z))
+        return ScoreBatch(rewards, 0, [None] * len(raw), slow=np.zeros(len(raw), dtype=bool), certainty=np.abs(z))
 
     def _render(self, item: ScoringItem) -> tuple[str, str | None]:
         """(text, None) from the chat template, or (prompt, response) as a text pair without one."""
