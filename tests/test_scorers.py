@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import registry_document
 from predictors.scorers.base import RewardScorer, ScoringItem
 from predictors.scorers.judge import parse_score
 from router.registry import RegistryError, load_registry
@@ -20,19 +21,7 @@ KEY_ENV = "ERP_TEST_JUDGE_KEY"
 
 
 def registry_with(tmp_path: Path, scorers: list[dict]) -> Path:
-    document = {
-        "shared_predictor": "artifacts/shared.joblib",
-        "models": [
-            {
-                "name": "small",
-                "litellm_model": "openai/small",
-                "input_usd_per_mtok": 0.1,
-                "output_usd_per_mtok": 0.2,
-                "predictor": "artifacts/small.joblib",
-            }
-        ],
-        "scorers": scorers,
-    }
+    document = {**registry_document(tmp_path / "artifacts"), "scorers": scorers}
     path = tmp_path / "model_registry.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
