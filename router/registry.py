@@ -48,6 +48,13 @@ class ModelEntry(BaseModel):
             )
         return self
 
+    @property
+    def api_key(self) -> str | None:
+        """The key read from `api_key_env` at call time (None when unset, so LiteLLM's own env lookup applies)."""
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
 
 class PolicyDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -329,8 +329,8 @@ class Router:
         args.update(model=entry.litellm_model, messages=messages, stream=stream, max_retries=0)
         if entry.api_base:
             args["api_base"] = entry.api_base
-        if entry.api_key_env and os.environ.get(entry.api_key_env):
-            args["api_key"] = os.environ[entry.api_key_env]
+        if entry.api_key:
+            args["api_key"] = entry.api_key
         if stream:
             args["stream_options"] = {**(openai_kwargs.get("stream_options") or {}), "include_usage": True}
         return args

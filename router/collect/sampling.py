@@ -7,7 +7,6 @@ tokens times the registry's prices, the same prices routing uses.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from predictors.scorers.completion import CompletionClient
@@ -48,7 +47,7 @@ class Sampler:
             entry.name: CompletionClient(
                 litellm_model=entry.litellm_model,
                 api_base=entry.api_base,
-                api_key=os.environ.get(entry.api_key_env) if entry.api_key_env else None,
+                api_key=entry.api_key,
                 timeout_s=config.timeout_s,
                 retries=config.retries,
                 backoff_s=config.backoff_s,
