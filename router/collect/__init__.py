@@ -7,3 +7,9 @@ prompts (read, categorize, pick) -> sampling (LiteLLM, retries) -> scoring (a Re
 
 class CollectError(ValueError):
     """Input or an --out folder the run cannot start with; printed as one line, exit code 2."""
+
+
+def error_message(exc: BaseException) -> str:
+    """The error as one short line, for a journal line, the summary or a CollectError."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

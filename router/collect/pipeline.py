@@ -24,12 +24,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from predictors.scorers.base import RewardScorer, ScoreBatch, ScoringItem
-from router.collect import CollectError
+from router.collect import CollectError, error_message
 from router.collect.compact import Compaction, compact
 from router.collect.journal import Journal, Record
 from router.collect.manifest import Manifest, reconcile
 from router.collect.prompts import read_prompts, stratified_head
-from router.collect.sampling import Sample, Sampler, SamplingConfig, error_message
+from router.collect.sampling import Sample, Sampler, SamplingConfig
 from router.registry import load_registry
 
 SCORE_BATCH = 16  # responses per scorer call

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.dataset
 import yaml
 
-from router.collect import CollectError
+from router.collect import CollectError, error_message
 
 # Built-in category of each open-perfectblend source: a source belongs to the first category one of whose
 # patterns occurs in it (case-insensitive). A --categories YAML file is tried before this table.
@@ -44,7 +44,7 @@ def category_rules(path: Path | None) -> list[tuple[str, str]]:
         try:
             raw = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise CollectError(f"{path}: cannot read the category file ({_first_line(exc)})") from None
+            raise CollectError(f"{path}: cannot read the category file ({error_message(exc)})") from None
         valid = isinstance(raw, dict) and all(
             isinstance(patterns, (str, list)) and all(isinstance(p, str) for p in _as_list(patterns))
             for patterns in raw.values()
@@ -114,7 +114,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     except Exception as exc:  # pandas and pyarrow raise many unrelated types for unreadable files
         kind = "JSONL" if jsonl else "parquet"
         raise CollectError(
-            f"{path}: cannot be read as {kind} ({type(exc).__name__}: {_first_line(exc)}); pass an "
+            f"{path}: cannot be read as {kind} ({type(exc).__name__}: {error_message(exc)}); pass an "
             "open-perfectblend parquet or JSONL file, or a prompts.parquet"
         ) from None
 
@@ -158,8 +158,3 @@ def _from_table(frame: pd.DataFrame, path: Path, rules: list[tuple[str, str]]) -
 
 def _as_list(patterns: str | list) -> list:
     return [patterns] if isinstance(patterns, str) else patterns
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -31,12 +31,6 @@ class Sample:
     cost_usd: float
 
 
-def error_message(exc: BaseException) -> str:
-    """The error as one short line, for a journal line and the summary."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 class Sampler:
     """Samples the registry's models at the configured temperature; one client per model."""
 
