@@ -94,7 +94,7 @@ def fold_splits(data: RoutingDataset, folds: int, seed: int) -> list[tuple[np.nd
     return list(splitter.split(np.zeros(len(labels)), labels))
 
 
-def _fit_fold_pool(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, columns: list[int], config: SimulationConfig) -> PoolPredictor:
+def fit_fold_pool(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, columns: list[int], config: SimulationConfig) -> PoolPredictor:
     models = [data.models[j] for j in columns]
     return fit_pool(
         embeddings[train],
@@ -116,17 +116,28 @@ def _quality(predicted: np.ndarray, rewards: np.ndarray, weights: np.ndarray) ->
     return quality
 
 
-def run_fold(
-    data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray, lambdas: np.ndarray, config: SimulationConfig
-) -> Fold:
-    all_columns = list(range(len(data.models)))
-    pool = _fit_fold_pool(data, embeddings, train, all_columns, config)
+def predict_fold(
+    data: RoutingDataset, embeddings: np.ndarray, pool: PoolPredictor, test: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, TestSet]:
+    """ERP's expected rewards and predicted call costs on the test prompts, and what those prompts really gave.
+
+    Realized costs use the true output lengths where known and each model's typical length elsewhere.
+    """
     input_tokens = data.input_tokens[test]
     estimates, predicted_tokens = pool.predict(embeddings[test], input_tokens, data.models)
     predicted_costs = call_costs(input_tokens, predicted_tokens, data.price_matrix)
     typical = np.array([pool.heads[m].length_head_.typical_tokens_ for m in data.models])
     true_tokens = np.where(np.isfinite(data.output_tokens[test]), data.output_tokens[test], typical[None, :])
-    truth = TestSet(data.rewards[test], call_costs(input_tokens, true_tokens, data.price_matrix))
+    return estimates, predicted_costs, TestSet(data.rewards[test], call_costs(input_tokens, true_tokens, data.price_matrix))
+
+
+def run_fold(
+    data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray, lambdas: np.ndarray, config: SimulationConfig
+) -> Fold:
+    pool = fit_fold_pool(data, embeddings, train, list(range(len(data.models))), config)
+    estimates, predicted_costs, truth = predict_fold(data, embeddings, pool, test)
+    input_tokens = data.input_tokens[test]
+    typical = np.array([pool.heads[m].length_head_.typical_tokens_ for m in data.models])
 
     fold = Fold()
     fold.single = np.column_stack([truth.costs.mean(axis=0), truth.rewards.mean(axis=0)])
@@ -173,7 +184,7 @@ def _holdout(
     """Fit the pool without the model, route; then add it by fitting only its head on the frozen featurizer."""
     new = data.models.index(config.holdout_model)
     others = [j for j in range(len(data.models)) if j != new]
-    pool = _fit_fold_pool(data, embeddings, train, others, config)
+    pool = fit_fold_pool(data, embeddings, train, others, config)
     train_features = pool.featurizer.transform(embeddings[train])
     typical = float(np.median([pool.heads[data.models[j]].length_head_.typical_tokens_ for j in others]))
     pool.heads.update(
@@ -247,14 +258,19 @@ def _predictor_quality(qualities: list[dict], backends: list[tuple[str, dict[str
     return PredictorQuality(**summary, backend=counts.most_common(1)[0][0], backend_counts=dict(counts), cv_log_loss=cv)
 
 
+def simulation_lambdas(data: RoutingDataset, n: int) -> np.ndarray:
+    """One lambda sweep for every fold and policy, scaled to the dataset's typical call costs."""
+    typical_tokens = np.where(np.isfinite(data.output_tokens), data.output_tokens, np.nanmedian(data.output_tokens))
+    return lambda_sweep(call_costs(data.input_tokens, typical_tokens, data.price_matrix), n)
+
+
 def simulate(data: RoutingDataset, config: SimulationConfig, encoder: Encoder | None = None, progress: bool = True) -> Report:
     """Run the K-fold protocol of ../shared/README.md and return the report."""
     started = time.perf_counter()
     encoder = encoder or Encoder(config.encoder)
     embeddings = encoder.encode(data.texts, progress=progress)
     embedded = time.perf_counter()
-    typical_costs = call_costs(data.input_tokens, np.where(np.isfinite(data.output_tokens), data.output_tokens, np.nanmedian(data.output_tokens)), data.price_matrix)
-    lambdas = lambda_sweep(typical_costs, config.n_lambdas)
+    lambdas = simulation_lambdas(data, config.n_lambdas)
     folds: list[Fold] = []
     for train, test in tqdm(fold_splits(data, config.folds, config.seed), desc="folds", disable=not progress):
         folds.append(run_fold(data, embeddings, train, test, lambdas, config))
