@@ -32,10 +32,11 @@ VARIANTS = ("ERP", "ERP + category mixture", "ERP + kNN", "ERP + category mixtur
 def category_mixture(data: RoutingDataset, pool: PoolPredictor, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
     """sum_c P(c | text) * mean training reward of each model in category c, with the featurizer's text classifier."""
     featurizer = pool.featurizer
+    if not featurizer.n_categories_:  # a single category: its mean is the global mean
+        return baselines.global_best_average(data.rewards[train], len(test))
     features = featurizer.transform(embeddings[test])
     probabilities = features[:, featurizer.rank : featurizer.rank + featurizer.n_categories_]
-    train_rewards, train_categories = data.rewards[train], data.categories[train]
-    means = np.stack([np.nanmean(train_rewards[train_categories == c], axis=0) for c in featurizer.categories_])
+    means = baselines.category_best_average(data.rewards[train], data.categories[train], featurizer.categories_)
     return probabilities @ means
 
 

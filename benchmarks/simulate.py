@@ -116,6 +116,11 @@ def _quality(predicted: np.ndarray, rewards: np.ndarray, weights: np.ndarray) ->
     return quality
 
 
+def typical_tokens(pool: PoolPredictor, models: list[str]) -> np.ndarray:
+    """Each model's typical output length: the fallback where a length is unknown."""
+    return np.array([pool.heads[m].length_head_.typical_tokens_ for m in models])
+
+
 def predict_fold(
     data: RoutingDataset, embeddings: np.ndarray, pool: PoolPredictor, test: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, TestSet]:
@@ -126,7 +131,7 @@ def predict_fold(
     input_tokens = data.input_tokens[test]
     estimates, predicted_tokens = pool.predict(embeddings[test], input_tokens, data.models)
     predicted_costs = call_costs(input_tokens, predicted_tokens, data.price_matrix)
-    typical = np.array([pool.heads[m].length_head_.typical_tokens_ for m in data.models])
+    typical = typical_tokens(pool, data.models)
     true_tokens = np.where(np.isfinite(data.output_tokens[test]), data.output_tokens[test], typical[None, :])
     return estimates, predicted_costs, TestSet(data.rewards[test], call_costs(input_tokens, true_tokens, data.price_matrix))
 
@@ -136,8 +141,7 @@ def run_fold(
 ) -> Fold:
     pool = fit_fold_pool(data, embeddings, train, list(range(len(data.models))), config)
     estimates, predicted_costs, truth = predict_fold(data, embeddings, pool, test)
-    input_tokens = data.input_tokens[test]
-    typical = np.array([pool.heads[m].length_head_.typical_tokens_ for m in data.models])
+    typical = typical_tokens(pool, data.models)
 
     fold = Fold()
     fold.single = np.column_stack([truth.costs.mean(axis=0), truth.rewards.mean(axis=0)])
@@ -166,7 +170,7 @@ def run_fold(
         head = pool.heads[model].reward_head_
         fold.backends[model] = (head.backend_, head.cv_log_loss_)
     if config.holdout_model:
-        _holdout(fold, data, embeddings, train, test, lambdas, config, truth, input_tokens)
+        _holdout(fold, data, embeddings, train, test, lambdas, config, truth)
     return fold
 
 
@@ -179,14 +183,13 @@ def _holdout(
     lambdas: np.ndarray,
     config: SimulationConfig,
     truth: TestSet,
-    input_tokens: np.ndarray,
 ) -> None:
     """Fit the pool without the model, route; then add it by fitting only its head on the frozen featurizer."""
     new = data.models.index(config.holdout_model)
     others = [j for j in range(len(data.models)) if j != new]
     pool = fit_fold_pool(data, embeddings, train, others, config)
     train_features = pool.featurizer.transform(embeddings[train])
-    typical = float(np.median([pool.heads[data.models[j]].length_head_.typical_tokens_ for j in others]))
+    typical = float(np.median(typical_tokens(pool, [data.models[j] for j in others])))
     pool.heads.update(
         fit_model_predictors(
             train_features,
@@ -203,6 +206,7 @@ def _holdout(
             n_jobs=1,
         )
     )
+    input_tokens = data.input_tokens[test]
     estimates, tokens = pool.predict(embeddings[test], input_tokens, data.models)
     costs = call_costs(input_tokens, tokens, data.price_matrix)
     without = np.ones(len(data.models), dtype=bool)
@@ -260,8 +264,8 @@ def _predictor_quality(qualities: list[dict], backends: list[tuple[str, dict[str
 
 def simulation_lambdas(data: RoutingDataset, n: int) -> np.ndarray:
     """One lambda sweep for every fold and policy, scaled to the dataset's typical call costs."""
-    typical_tokens = np.where(np.isfinite(data.output_tokens), data.output_tokens, np.nanmedian(data.output_tokens))
-    return lambda_sweep(call_costs(data.input_tokens, typical_tokens, data.price_matrix), n)
+    lengths = np.where(np.isfinite(data.output_tokens), data.output_tokens, np.nanmedian(data.output_tokens))
+    return lambda_sweep(call_costs(data.input_tokens, lengths, data.price_matrix), n)
 
 
 def simulate(data: RoutingDataset, config: SimulationConfig, encoder: Encoder | None = None, progress: bool = True) -> Report:
