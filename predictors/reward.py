@@ -72,9 +72,9 @@ class MLPRewardHead(BaseEstimator):
         self,
         hidden: int = 32,
         weight_decay: float = 1e-3,
-        learning_rate: float = 3e-3,
+        learning_rate: float = 1e-2,
         max_epochs: int = 300,
-        patience: int = 20,
+        patience: int = 10,
         random_state: int = 0,
     ) -> None:
         self.hidden = hidden
