@@ -34,15 +34,14 @@ def category_mixture(data: RoutingDataset, pool: PoolPredictor, embeddings: np.n
     featurizer = pool.featurizer
     if not featurizer.n_categories_:  # a single category: its mean is the global mean
         return baselines.global_best_average(data.rewards[train], len(test))
-    features = featurizer.transform(embeddings[test])
-    probabilities = features[:, featurizer.rank : featurizer.rank + featurizer.n_categories_]
+    probabilities = featurizer.category_probabilities(embeddings[test])
     means = baselines.category_best_average(data.rewards[train], data.categories[train], featurizer.categories_)
     return probabilities @ means
 
 
-def fold_metrics(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray, lambdas: np.ndarray, seed: int) -> dict[str, tuple[float, float | None]]:
+def fold_metrics(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray, lambdas: np.ndarray, config: SimulationConfig) -> dict[str, tuple[float, float | None]]:
     """(APGR, cost to match best) of every variant on one fold."""
-    pool = fit_fold_pool(data, embeddings, train, list(range(len(data.models))), SimulationConfig(seed=seed))
+    pool = fit_fold_pool(data, embeddings, train, list(range(len(data.models))), config)
     erp, predicted_costs, truth = predict_fold(data, embeddings, pool, test)
     mixture = category_mixture(data, pool, embeddings, train, test)
     knn = baselines.knn_average(embeddings[train], data.rewards[train], embeddings[test], SimulationConfig.knn_k)
@@ -84,6 +83,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--members", type=int, default=SimulationConfig.n_members, help="featurizer members to bag")
     args = parser.parse_args()
     data = load_dataset(args.data)
     embeddings = Encoder("minilm").encode(data.texts, progress=True)
@@ -91,16 +91,16 @@ def main() -> None:
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         splits = fold_splits(data, args.folds, seed)
-        results[seed] = [fold_metrics(data, embeddings, tr, te, lambdas, seed) for tr, te in tqdm(splits, desc=f"seed {seed}")]
+        results[seed] = [fold_metrics(data, embeddings, tr, te, lambdas, SimulationConfig(seed=seed, n_members=args.members)) for tr, te in tqdm(splits, desc=f"seed {seed}")]
     lines = [
         f"# {Path(args.data).name}: ERP blended with simpler estimates, {args.folds}-fold CV, seeds {args.seeds}",
         "",
-        "Encoder minilm, backend auto; equal-weight means of expected rewards. Cost to match is the mean over the folds"
+        f"Encoder minilm, backend auto, {args.members} featurizer members; equal-weight means of expected rewards. Cost to match is the mean over the folds"
         " that reach the best single model's reward (how many in brackets).",
         "",
         *table(results),
         "",
-        f"Command: `python -m benchmarks.blends --data {args.data} --out {args.out} --seeds {args.seeds}`",
+        f"Command: `python -m benchmarks.blends --data {args.data} --out {args.out} --seeds {args.seeds} --members {args.members}`",
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

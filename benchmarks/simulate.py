@@ -53,6 +53,7 @@ class SimulationConfig:
     n_lambdas: int = 200
     holdout_model: str | None = None
     n_jobs: int = 2
+    n_members: int = 5
 
 
 @dataclass
@@ -107,6 +108,7 @@ def fit_fold_pool(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarra
         backend=config.backend,
         random_state=config.seed,
         n_jobs=config.n_jobs,
+        n_members=config.n_members,
     )
 
 
@@ -167,8 +169,8 @@ def run_fold(
     weights = data.sample_counts[test]
     for j, model in enumerate(data.models):
         fold.quality[model] = _quality(estimates[:, j], truth.rewards[:, j], weights[:, j])
-        head = pool.heads[model].reward_head_
-        fold.backends[model] = (head.backend_, head.cv_log_loss_)
+        head = pool.heads[model]
+        fold.backends[model] = (head.selected_backend, head.cv_log_loss)
     if config.holdout_model:
         _holdout(fold, data, embeddings, train, test, lambdas, config, truth)
     return fold
@@ -199,8 +201,7 @@ def _holdout(
             data.output_tokens[train][:, [new]],
             [config.holdout_model],
             [typical],
-            pool.featurizer.n_categories_,
-            pool.featurizer.n_clusters,
+            pool.featurizer.layout,
             config.backend,
             config.seed,
             n_jobs=1,
@@ -216,8 +217,8 @@ def _holdout(
         "after": truth.frontier(estimates, costs, lambdas),
     }
     fold.holdout_quality = _quality(estimates[:, new], truth.rewards[:, new], data.sample_counts[test][:, new])
-    head = pool.heads[config.holdout_model].reward_head_
-    fold.holdout_backend = (head.backend_, head.cv_log_loss_)
+    head = pool.heads[config.holdout_model]
+    fold.holdout_backend = (head.selected_backend, head.cv_log_loss)
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:

@@ -1,25 +1,50 @@
-"""The shared part of the pool predictor: a low-rank multi-task prompt representation.
+"""The shared part of the pool predictor: a bagged low-rank multi-task prompt representation.
 
 One small network maps a prompt embedding to a k-dimensional prompt vector and is
 trained jointly on every pool model's rewards (one linear head per model) and, when
 the data has categories, on a text-to-category head. With 29 models answering the
 same prompts, a prompt's difficulty is learned from all of them. Beside it, k-means
 clusters of the embeddings give finer topic groups than the dataset's categories.
-Once fitted it is frozen: a new model joins by fitting only its own head on these features.
-
-Feature layout: [prompt vector (rank) | category probabilities (n_categories_) | cluster one-hot (n_clusters)].
+Several such members, trained from different seeds, each give their own block of
+features; the model heads fit one predictor per block and average them, because with
+single-sample rewards the variance of one fit is what limits routing (bagging three
+members raised mmlu-pro's APGR and cut its cost to match the best model; see
+benchmarks/RESULTS.md). Once fitted it is frozen: a new model joins by fitting only
+its own head on these features.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from predictors.torch_utils import seeded_generator, torch_threads
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """The featurizer's output: n_members blocks of [prompt vector (rank) | category probabilities | cluster one-hot]."""
+
+    n_members: int
+    rank: int
+    n_categories: int
+    n_clusters: int
+
+    @property
+    def width(self) -> int:
+        return self.rank + self.n_categories + self.n_clusters
+
+    def members(self, features: np.ndarray) -> list[np.ndarray]:
+        if features.shape[1] != self.n_members * self.width:
+            raise ValueError(f"expected {self.n_members * self.width} feature columns, got {features.shape[1]}")
+        return [features[:, i * self.width : (i + 1) * self.width] for i in range(self.n_members)]
 
 
 class _MultiTaskNet(nn.Module):
@@ -37,8 +62,16 @@ class _MultiTaskNet(nn.Module):
         return z, self.reward_heads(z), categories
 
 
+@dataclass
+class _Member:
+    net: _MultiTaskNet
+    z_mean: np.ndarray
+    z_scale: np.ndarray
+    clusters: MiniBatchKMeans
+
+
 class PromptFeaturizer(BaseEstimator):
-    """Embedding -> [prompt vector (rank), category probabilities]: features every model head reads."""
+    """Embedding -> n_members blocks of [prompt vector, category probabilities, clusters]: what every model head reads."""
 
     def __init__(
         self,
@@ -52,6 +85,8 @@ class PromptFeaturizer(BaseEstimator):
         batch_size: int = 512,
         category_weight: float = 0.5,
         n_clusters: int = 64,
+        n_members: int = 5,
+        n_jobs: int = 2,
         random_state: int = 0,
     ) -> None:
         self.rank = rank
@@ -64,6 +99,8 @@ class PromptFeaturizer(BaseEstimator):
         self.batch_size = batch_size
         self.category_weight = category_weight
         self.n_clusters = n_clusters
+        self.n_members = n_members
+        self.n_jobs = n_jobs
         self.random_state = random_state
 
     def fit(
@@ -74,17 +111,37 @@ class PromptFeaturizer(BaseEstimator):
         categories: np.ndarray | None = None,
     ) -> "PromptFeaturizer":
         """rewards, weights: (prompts, models) expected rewards and their sample counts."""
-        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        if self.n_members < 1:
+            raise ValueError(f"n_members must be at least 1, got {self.n_members}")
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        x = torch.as_tensor(embeddings)
         y = torch.as_tensor(np.nan_to_num(rewards, nan=0.0).astype(np.float32))
         w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
         self.categories_ = np.unique(categories) if categories is not None else np.array([])
-        c = torch.as_tensor(np.searchsorted(self.categories_, categories)) if len(self.categories_) > 1 else None
-        generator = seeded_generator(self.random_state)
+        self.n_categories_ = len(self.categories_) if len(self.categories_) > 1 else 0
+        c = torch.as_tensor(np.searchsorted(self.categories_, categories)) if self.n_categories_ else None
+        threads = 1 if self.n_jobs > 1 else None  # one torch thread per worker: the members run side by side
+        self.members_ = Parallel(n_jobs=self.n_jobs)(
+            delayed(self._fit_member)(embeddings, x, y, w, c, self.random_state + i, threads) for i in range(self.n_members)
+        )
+        return self
+
+    def _fit_member(
+        self,
+        embeddings: np.ndarray,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        c: torch.Tensor | None,
+        seed: int,
+        threads: int | None,
+    ) -> _Member:
+        generator = seeded_generator(seed)
         order = torch.randperm(len(x), generator=generator)
         n_val = max(1, len(x) // 10)
         val, train = order[:n_val], order[n_val:]
-        with torch_threads():
-            torch.manual_seed(self.random_state)
+        with torch_threads(threads):
+            torch.manual_seed(seed)
             net = _MultiTaskNet(x.shape[1], self.hidden, self.rank, y.shape[1], len(self.categories_), self.dropout)
             optimizer = torch.optim.AdamW(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
             best, best_state, stale = np.inf, None, 0
@@ -105,15 +162,12 @@ class PromptFeaturizer(BaseEstimator):
                         break
             net.load_state_dict(best_state)
             net.eval()
-            self.net_ = net
-            z = self._prompt_vectors(x)
-        self.z_mean_ = z.mean(axis=0)
-        self.z_scale_ = z.std(axis=0) + 1e-6
-        self.n_categories_ = len(self.categories_) if len(self.categories_) > 1 else 0
-        self.clusters_ = MiniBatchKMeans(
-            n_clusters=min(self.n_clusters, len(embeddings)), n_init=3, batch_size=2048, random_state=self.random_state
-        ).fit(np.asarray(embeddings, dtype=np.float32))
-        return self
+            with torch.no_grad():
+                z = net.trunk(x).numpy()
+        clusters = MiniBatchKMeans(
+            n_clusters=min(self.n_clusters, len(embeddings)), n_init=3, batch_size=2048, random_state=seed
+        ).fit(embeddings)
+        return _Member(net, z.mean(axis=0), z.std(axis=0) + 1e-6, clusters)
 
     def _loss(self, net, x, y, w, c) -> torch.Tensor:
         _, logits, category_logits = net(x)
@@ -122,26 +176,36 @@ class PromptFeaturizer(BaseEstimator):
             return reward_loss
         return reward_loss + self.category_weight * nn.functional.cross_entropy(category_logits, c)
 
-    def _prompt_vectors(self, x: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return self.net_.trunk(x).numpy()
+    @property
+    def layout(self) -> FeatureLayout:
+        check_is_fitted(self, "members_")
+        return FeatureLayout(len(self.members_), self.rank, self.n_categories_, self.n_clusters)
 
-    def transform(self, embeddings: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "net_")
-        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+    def _member_features(self, member: _Member, embeddings: np.ndarray, x: torch.Tensor) -> np.ndarray:
         with torch_threads(), torch.no_grad():
-            z, _, category_logits = self.net_(x)
-        parts = [(z.numpy() - self.z_mean_) / self.z_scale_]
+            z, _, category_logits = member.net(x)
+        parts = [(z.numpy() - member.z_mean) / member.z_scale]
         if category_logits is not None:
             parts.append(torch.softmax(category_logits, dim=1).numpy())
         clusters = np.zeros((len(x), self.n_clusters), dtype=np.float32)
-        clusters[np.arange(len(x)), self.clusters_.predict(np.asarray(embeddings, dtype=np.float32))] = 1.0
+        clusters[np.arange(len(x)), member.clusters.predict(embeddings)] = 1.0
         parts.append(clusters)
-        return np.hstack(parts).astype(np.float32)
+        return np.hstack(parts)
+
+    def transform(self, embeddings: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "members_")
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        x = torch.as_tensor(embeddings)
+        return np.hstack([self._member_features(m, embeddings, x) for m in self.members_]).astype(np.float32)
+
+    def category_probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """P(dataset category | text), averaged over members; columns follow ``categories_``."""
+        layout = self.layout
+        blocks = layout.members(self.transform(embeddings))
+        return np.mean([block[:, layout.rank : layout.rank + layout.n_categories] for block in blocks], axis=0)
 
     def predict_category(self, embeddings: np.ndarray) -> np.ndarray:
         """Most likely dataset category from text alone (live requests carry no category)."""
-        features = self.transform(embeddings)
-        if len(self.categories_) < 2:
-            return np.full(len(features), self.categories_[0] if len(self.categories_) else "", dtype=object)
-        return self.categories_[features[:, self.rank : self.rank + self.n_categories_].argmax(axis=1)]
+        if not self.n_categories_:
+            return np.full(len(embeddings), self.categories_[0] if len(self.categories_) else "", dtype=object)
+        return self.categories_[self.category_probabilities(embeddings).argmax(axis=1)]

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from predictors.featurizer import PromptFeaturizer
+from predictors.featurizer import FeatureLayout, PromptFeaturizer
 from predictors.length import OutputLengthPredictor
 from predictors.reward import make_reward_head
 
@@ -26,40 +26,56 @@ def _logit(p: np.ndarray) -> np.ndarray:
 class ModelPredictor(BaseEstimator):
     """One model's expected reward and output length, read off the shared prompt features.
 
-    Features follow the featurizer's layout: prompt vector, then ``n_categories``
-    category probabilities, then ``n_clusters`` cluster one-hot columns. From each
+    Features follow the featurizer's ``layout``: one block per featurizer member, each
+    a prompt vector, category probabilities and cluster one-hot columns. From each
     group block the predictor keeps this model's own mean reward per group (shrunk
     toward its overall mean) and adds the prior sum_g membership(g) * mean reward(g)
     as a feature: category best average made soft and available from text alone,
-    and the same at the finer grain of embedding clusters.
+    and the same at the finer grain of embedding clusters. It fits one reward head
+    per member block (seeded like the member) and predicts their mean; the backend is
+    chosen once, on the first block, and reused for the others. Without a layout every column is a dense feature.
     """
 
     def __init__(
         self,
         backend: str = "auto",
         fallback_tokens: float = 256.0,
-        n_categories: int = 0,
-        n_clusters: int = 0,
+        layout: FeatureLayout | None = None,
         shrinkage: float = 10.0,
         random_state: int = 0,
     ) -> None:
         self.backend = backend
         self.fallback_tokens = fallback_tokens
-        self.n_categories = n_categories
-        self.n_clusters = n_clusters
+        self.layout = layout
         self.shrinkage = shrinkage
         self.random_state = random_state
 
-    def _blocks(self, features: np.ndarray) -> list[np.ndarray]:
-        end = features.shape[1]
-        clusters = features[:, end - self.n_clusters : end]
-        categories = features[:, end - self.n_clusters - self.n_categories : end - self.n_clusters]
-        return [block for block in (categories, clusters) if block.shape[1]]
+    def _members(self, features: np.ndarray) -> list[np.ndarray]:
+        return [features] if self.layout is None else self.layout.members(features)
 
-    def _reward_inputs(self, features: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
-        priors = [_logit(block @ means)[:, None] for block, means in zip(self._blocks(features), self.group_means_)]
-        dense = features[:, : features.shape[1] - self.n_clusters]
-        return np.hstack([dense, np.log1p(np.asarray(input_tokens, dtype=np.float64))[:, None], *priors])
+    def _groups(self, block: np.ndarray) -> list[np.ndarray]:
+        if self.layout is None:
+            return []
+        start = self.layout.rank
+        categories = block[:, start : start + self.layout.n_categories]
+        clusters = block[:, start + self.layout.n_categories :]
+        return [group for group in (categories, clusters) if group.shape[1]]
+
+    def _dense(self, block: np.ndarray) -> np.ndarray:
+        return block if self.layout is None else block[:, : self.layout.rank + self.layout.n_categories]
+
+    def _group_means(self, block: np.ndarray, rewards: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
+        overall = np.average(rewards, weights=weights)
+        means = []
+        for group in self._groups(block):
+            membership = group * weights[:, None]
+            means.append((membership.T @ rewards + self.shrinkage * overall) / (membership.sum(axis=0) + self.shrinkage))
+        return means
+
+    def _reward_inputs(self, block: np.ndarray, input_tokens: np.ndarray, group_means: list[np.ndarray]) -> np.ndarray:
+        priors = [_logit(group @ means)[:, None] for group, means in zip(self._groups(block), group_means)]
+        log_tokens = np.log1p(np.asarray(input_tokens, dtype=np.float64))[:, None]
+        return np.hstack([self._dense(block), log_tokens, *priors])
 
     def fit(
         self,
@@ -72,33 +88,45 @@ class ModelPredictor(BaseEstimator):
         observed = weights > 0
         if not observed.any():
             raise ValueError("no outcomes to fit on: every prompt has zero samples for this model")
-        overall = np.average(rewards[observed], weights=weights[observed])
-        self.group_means_ = []
-        for block in self._blocks(features[observed]):
-            membership = block * weights[observed][:, None]
-            self.group_means_.append(
-                (membership.T @ rewards[observed] + self.shrinkage * overall) / (membership.sum(axis=0) + self.shrinkage)
-            )
-        self.reward_head_ = make_reward_head(self.backend, self.random_state).fit(
-            self._reward_inputs(features[observed], input_tokens[observed]), rewards[observed], weights[observed]
-        )
+        blocks = self._members(features[observed])
+        y, w, tokens = rewards[observed], weights[observed], input_tokens[observed]
+        self.group_means_ = [self._group_means(block, y, w) for block in blocks]
+        self.reward_heads_ = []
+        backend = self.backend
+        for seed, (block, means) in enumerate(zip(blocks, self.group_means_), start=self.random_state):
+            head = make_reward_head(backend, seed).fit(self._reward_inputs(block, tokens, means), y, w)
+            self.reward_heads_.append(head)
+            backend = head.backend_
         self.length_head_ = OutputLengthPredictor(self.fallback_tokens, random_state=self.random_state).fit(
-            features, input_tokens, output_tokens
+            self._members(features)[0], input_tokens, output_tokens
         )
         return self
 
     @property
     def selected_backend(self) -> str:
-        check_is_fitted(self, "reward_head_")
-        return self.reward_head_.backend_
+        check_is_fitted(self, "reward_heads_")
+        return self.reward_heads_[0].backend_
+
+    @property
+    def cv_log_loss(self) -> dict[str, float]:
+        """The backend selection's cross-validated log-loss per candidate (empty when the backend was forced)."""
+        check_is_fitted(self, "reward_heads_")
+        return self.reward_heads_[0].cv_log_loss_
 
     def predict_reward(self, features: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "reward_head_")
-        return self.reward_head_.predict(self._reward_inputs(features, input_tokens))
+        check_is_fitted(self, "reward_heads_")
+        blocks = self._members(features)
+        return np.mean(
+            [
+                head.predict(self._reward_inputs(block, input_tokens, means))
+                for head, block, means in zip(self.reward_heads_, blocks, self.group_means_)
+            ],
+            axis=0,
+        )
 
     def predict_output_tokens(self, features: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "length_head_")
-        return self.length_head_.predict(features, input_tokens)
+        return self.length_head_.predict(self._members(features)[0], input_tokens)
 
 
 @dataclass
@@ -135,21 +163,23 @@ def fit_model_predictors(
     output_tokens: np.ndarray,
     models: list[str],
     fallback_tokens: list[float],
-    n_categories: int,
-    n_clusters: int,
+    layout: FeatureLayout,
     backend: str = "auto",
     random_state: int = 0,
     n_jobs: int = 2,
     progress: bool = False,
 ) -> dict[str, ModelPredictor]:
-    """Fit each model's predictor independently (columns of the matrices), in parallel."""
+    """Fit each model's predictor independently (columns of the matrices), in parallel.
 
-    def fit_one(j: int) -> ModelPredictor:
-        return ModelPredictor(backend, fallback_tokens[j], n_categories, n_clusters, random_state=random_state).fit(
+    The shared arrays go to the workers as arguments, so joblib memory-maps them once
+    instead of pickling them into every task.
+    """
+    jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(ModelPredictor(backend, fallback_tokens[j], layout, random_state=random_state).fit)(
             features, input_tokens, rewards[:, j], weights[:, j], output_tokens[:, j]
         )
-
-    jobs = Parallel(n_jobs=n_jobs, return_as="generator")(delayed(fit_one)(j) for j in range(len(models)))
+        for j in range(len(models))
+    )
     fitted = list(tqdm(jobs, total=len(models), desc="fitting model predictors", disable=not progress, leave=False))
     return dict(zip(models, fitted))
 
@@ -167,9 +197,12 @@ def fit_pool(
     random_state: int = 0,
     n_jobs: int = 2,
     progress: bool = False,
+    n_members: int = 5,
 ) -> PoolPredictor:
     """Fit the shared featurizer on every model's rewards, then each model's own predictor."""
-    featurizer = PromptFeaturizer(random_state=random_state).fit(embeddings, rewards, weights, categories)
+    featurizer = PromptFeaturizer(n_members=n_members, n_jobs=n_jobs, random_state=random_state).fit(
+        embeddings, rewards, weights, categories
+    )
     typical = typical_output_tokens(output_tokens)
     fallbacks = [typical if f is None else float(f) for f in (fallback_tokens or [None] * len(models))]
     features = featurizer.transform(embeddings)
@@ -181,8 +214,7 @@ def fit_pool(
         output_tokens,
         models,
         fallbacks,
-        featurizer.n_categories_,
-        featurizer.n_clusters,
+        featurizer.layout,
         backend,
         random_state,
         n_jobs,

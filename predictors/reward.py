@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import expit
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -37,7 +40,11 @@ def _weights(y: np.ndarray, sample_weight: np.ndarray | None) -> np.ndarray:
 
 
 class LinearRewardHead(BaseEstimator):
-    """Logistic regression on soft targets: each row enters once as a success and once as a failure."""
+    """Logistic regression on soft targets: each row enters once as a success and once as a failure.
+
+    Inputs are standardized first: on the raw features (log token counts, logit priors) L-BFGS
+    needed about twice the iterations for the same held-out log-loss.
+    """
 
     def __init__(self, C: float = 1.0, max_iter: int = 500) -> None:
         self.C = C
@@ -54,15 +61,18 @@ class LinearRewardHead(BaseEstimator):
         labels = np.r_[np.ones(len(y)), np.zeros(len(y))]
         weights = np.r_[w * y, w * (1 - y)]
         keep = weights > 0
-        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter)
-        self.model_.fit(stacked[keep], labels[keep], sample_weight=weights[keep])
+        scaler, logistic = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter)).fit(
+            stacked[keep], labels[keep], logisticregression__sample_weight=weights[keep]
+        )
+        self.coef_ = logistic.coef_[0] / scaler.scale_  # the scaler folded in: serving is one dot product per prompt
+        self.intercept_ = float(logistic.intercept_[0] - self.coef_ @ scaler.mean_)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "constant_")
         if self.constant_ is not None:
             return np.full(len(X), self.constant_)
-        return self.model_.predict_proba(X)[:, 1]
+        return expit(np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_)
 
 
 class MLPRewardHead(BaseEstimator):

@@ -4,7 +4,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from predictors import artifacts
-from predictors.featurizer import PromptFeaturizer
+from predictors.featurizer import FeatureLayout, PromptFeaturizer
 from predictors.length import OutputLengthPredictor
 from predictors.pool import ModelPredictor, fit_pool
 from predictors.reward import AutoRewardHead, BlendRewardHead, LightGBMRewardHead, LinearRewardHead, MLPRewardHead, weighted_log_loss
@@ -86,10 +86,17 @@ def test_featurizer_shares_difficulty_and_category_across_models(rng):
     emb, rewards, categories, truth = pool_data(rng)
     featurizer = PromptFeaturizer(rank=8).fit(emb[:1200], rewards[:1200], np.ones_like(rewards[:1200]), categories[:1200])
     features = featurizer.transform(emb[1200:])
-    assert features.shape == (300, 8 + 2 + featurizer.n_clusters)
+    assert featurizer.layout == FeatureLayout(n_members=5, rank=8, n_categories=2, n_clusters=featurizer.n_clusters)
+    assert features.shape == (300, 5 * (8 + 2 + featurizer.n_clusters))
+    first, second, *_ = featurizer.layout.members(features)
+    assert not np.allclose(first[:, :8], second[:, :8])  # each member trains from its own seed
     assert (featurizer.predict_category(emb[1200:]) == categories[1200:]).mean() > 0.9
-    heads = [LinearRewardHead().fit(featurizer.transform(emb[:1200]), rewards[:1200, j]) for j in range(5)]
-    predicted = np.column_stack([h.predict(features) for h in heads])
+    train_features, tokens = featurizer.transform(emb[:1200]), np.full(1200, 100.0)
+    heads = [
+        ModelPredictor("linear", layout=featurizer.layout).fit(train_features, tokens, rewards[:1200, j], np.ones(1200), tokens)
+        for j in range(5)
+    ]
+    predicted = np.column_stack([h.predict_reward(features, np.full(300, 100.0)) for h in heads])
     assert np.mean([np.corrcoef(predicted[:, j], truth[1200:, j])[0, 1] for j in range(5)]) > 0.8
 
 
@@ -113,6 +120,27 @@ def test_pool_predictor_round_trips_through_artifacts(tmp_path, rng):
     (tmp_path / "broken.joblib").write_bytes(b"not a pickle")
     with pytest.raises(artifacts.ArtifactError, match="cannot be read"):
         artifacts.load_shared(tmp_path / "broken.joblib")
+
+
+def test_model_predictor_averages_one_head_per_member_with_the_backend_chosen_once(rng):
+    emb, rewards, categories, truth = pool_data(rng, n=900)
+    featurizer = PromptFeaturizer(rank=8).fit(emb, rewards, np.ones_like(rewards), categories)
+    features, tokens = featurizer.transform(emb), np.full(900, 100.0)
+    predictor = ModelPredictor("auto", layout=featurizer.layout).fit(
+        features, tokens, rewards[:, 0], np.ones(900), np.full(900, np.nan)
+    )
+    assert len(predictor.reward_heads_) == 5
+    assert {head.backend_ for head in predictor.reward_heads_} == {predictor.selected_backend}
+    assert set(predictor.cv_log_loss) == {"linear", "lightgbm", "mlp", "blend"}
+    assert predictor.reward_heads_[1].cv_log_loss_ == {}  # only the first member cross-validates
+    members = [
+        head.predict(predictor._reward_inputs(block, tokens, means))
+        for head, block, means in zip(predictor.reward_heads_, featurizer.layout.members(features), predictor.group_means_)
+    ]
+    assert predictor.predict_reward(features, tokens) == pytest.approx(np.mean(members, axis=0))
+    assert np.corrcoef(predictor.predict_reward(features, tokens), truth[:, 0])[0, 1] > 0.8
+    with pytest.raises(ValueError, match="feature columns"):
+        predictor.predict_reward(features[:, :-1], tokens)
 
 
 def test_model_predictor_rejects_a_model_without_outcomes(rng):
