@@ -91,7 +91,8 @@ def main() -> None:
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         splits = fold_splits(data, args.folds, seed)
-        results[seed] = [fold_metrics(data, embeddings, tr, te, lambdas, SimulationConfig(seed=seed, n_members=args.members)) for tr, te in tqdm(splits, desc=f"seed {seed}")]
+        config = SimulationConfig(seed=seed, n_members=args.members)
+        results[seed] = [fold_metrics(data, embeddings, tr, te, lambdas, config) for tr, te in tqdm(splits, desc=f"seed {seed}")]
     lines = [
         f"# {Path(args.data).name}: ERP blended with simpler estimates, {args.folds}-fold CV, seeds {args.seeds}",
         "",

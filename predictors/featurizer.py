@@ -7,9 +7,9 @@ same prompts, a prompt's difficulty is learned from all of them. Beside it, k-me
 clusters of the embeddings give finer topic groups than the dataset's categories.
 Several such members, trained from different seeds, each give their own block of
 features; the model heads fit one predictor per block and average them, because with
-single-sample rewards the variance of one fit is what limits routing (bagging three
-members raised mmlu-pro's APGR and cut its cost to match the best model; see
-benchmarks/RESULTS.md). Once fitted it is frozen: a new model joins by fitting only
+single-sample rewards the variance of one fit is what limits routing (on mmlu-pro,
+bagging raised APGR and cut the cost to match the best model on every seed; see
+benchmarks/RESULTS.md, *Bagging the featurizer*). Once fitted it is frozen: a new model joins by fitting only
 its own head on these features.
 """
 
@@ -45,6 +45,18 @@ class FeatureLayout:
         if features.shape[1] != self.n_members * self.width:
             raise ValueError(f"expected {self.n_members * self.width} feature columns, got {features.shape[1]}")
         return [features[:, i * self.width : (i + 1) * self.width] for i in range(self.n_members)]
+
+    def dense(self, block: np.ndarray) -> np.ndarray:
+        """One member's prompt vector and category probabilities."""
+        return block[:, : self.rank + self.n_categories]
+
+    def categories(self, block: np.ndarray) -> np.ndarray:
+        return block[:, self.rank : self.rank + self.n_categories]
+
+    def groups(self, block: np.ndarray) -> list[np.ndarray]:
+        """One member's soft group memberships: category probabilities and cluster one-hots, where present."""
+        clusters = block[:, self.rank + self.n_categories :]
+        return [group for group in (self.categories(block), clusters) if group.shape[1]]
 
 
 class _MultiTaskNet(nn.Module):
@@ -201,8 +213,7 @@ class PromptFeaturizer(BaseEstimator):
     def category_probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """P(dataset category | text), averaged over members; columns follow ``categories_``."""
         layout = self.layout
-        blocks = layout.members(self.transform(embeddings))
-        return np.mean([block[:, layout.rank : layout.rank + layout.n_categories] for block in blocks], axis=0)
+        return np.mean([layout.categories(block) for block in layout.members(self.transform(embeddings))], axis=0)
 
     def predict_category(self, embeddings: np.ndarray) -> np.ndarray:
         """Most likely dataset category from text alone (live requests carry no category)."""

@@ -33,7 +33,8 @@ class ModelPredictor(BaseEstimator):
     as a feature: category best average made soft and available from text alone,
     and the same at the finer grain of embedding clusters. It fits one reward head
     per member block (seeded like the member) and predicts their mean; the backend is
-    chosen once, on the first block, and reused for the others. Without a layout every column is a dense feature.
+    chosen once, on the first block, and reused for the others. Without a layout the
+    features are one block of dense columns.
     """
 
     def __init__(
@@ -50,32 +51,18 @@ class ModelPredictor(BaseEstimator):
         self.shrinkage = shrinkage
         self.random_state = random_state
 
-    def _members(self, features: np.ndarray) -> list[np.ndarray]:
-        return [features] if self.layout is None else self.layout.members(features)
-
-    def _groups(self, block: np.ndarray) -> list[np.ndarray]:
-        if self.layout is None:
-            return []
-        start = self.layout.rank
-        categories = block[:, start : start + self.layout.n_categories]
-        clusters = block[:, start + self.layout.n_categories :]
-        return [group for group in (categories, clusters) if group.shape[1]]
-
-    def _dense(self, block: np.ndarray) -> np.ndarray:
-        return block if self.layout is None else block[:, : self.layout.rank + self.layout.n_categories]
-
     def _group_means(self, block: np.ndarray, rewards: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
         overall = np.average(rewards, weights=weights)
         means = []
-        for group in self._groups(block):
+        for group in self.layout_.groups(block):
             membership = group * weights[:, None]
             means.append((membership.T @ rewards + self.shrinkage * overall) / (membership.sum(axis=0) + self.shrinkage))
         return means
 
     def _reward_inputs(self, block: np.ndarray, input_tokens: np.ndarray, group_means: list[np.ndarray]) -> np.ndarray:
-        priors = [_logit(group @ means)[:, None] for group, means in zip(self._groups(block), group_means)]
+        priors = [_logit(group @ means)[:, None] for group, means in zip(self.layout_.groups(block), group_means)]
         log_tokens = np.log1p(np.asarray(input_tokens, dtype=np.float64))[:, None]
-        return np.hstack([self._dense(block), log_tokens, *priors])
+        return np.hstack([self.layout_.dense(block), log_tokens, *priors])
 
     def fit(
         self,
@@ -88,7 +75,8 @@ class ModelPredictor(BaseEstimator):
         observed = weights > 0
         if not observed.any():
             raise ValueError("no outcomes to fit on: every prompt has zero samples for this model")
-        blocks = self._members(features[observed])
+        self.layout_ = self.layout or FeatureLayout(n_members=1, rank=features.shape[1], n_categories=0, n_clusters=0)
+        blocks = self.layout_.members(features[observed])
         y, w, tokens = rewards[observed], weights[observed], input_tokens[observed]
         self.group_means_ = [self._group_means(block, y, w) for block in blocks]
         self.reward_heads_ = []
@@ -98,7 +86,7 @@ class ModelPredictor(BaseEstimator):
             self.reward_heads_.append(head)
             backend = head.backend_
         self.length_head_ = OutputLengthPredictor(self.fallback_tokens, random_state=self.random_state).fit(
-            self._members(features)[0], input_tokens, output_tokens
+            self.layout_.members(features)[0], input_tokens, output_tokens
         )
         return self
 
@@ -115,7 +103,7 @@ class ModelPredictor(BaseEstimator):
 
     def predict_reward(self, features: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "reward_heads_")
-        blocks = self._members(features)
+        blocks = self.layout_.members(features)
         return np.mean(
             [
                 head.predict(self._reward_inputs(block, input_tokens, means))
@@ -126,7 +114,7 @@ class ModelPredictor(BaseEstimator):
 
     def predict_output_tokens(self, features: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "length_head_")
-        return self.length_head_.predict(self._members(features)[0], input_tokens)
+        return self.length_head_.predict(self.layout_.members(features)[0], input_tokens)
 
 
 @dataclass
