@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from predictors.neighbors import nearest
+
 
 def global_best_average(train_rewards: np.ndarray, n_test: int) -> np.ndarray:
     """One estimate per model: its mean training reward."""
@@ -26,14 +28,9 @@ def category_best_average(
 def knn_average(
     train_embeddings: np.ndarray, train_rewards: np.ndarray, test_embeddings: np.ndarray, k: int = 50
 ) -> np.ndarray:
-    """Mean reward of the k most cosine-similar training prompts (embeddings are unit-normalized)."""
-    k = min(k, len(train_embeddings))
-    estimates = np.empty((len(test_embeddings), train_rewards.shape[1]))
-    for start in range(0, len(test_embeddings), 1024):
-        similarity = test_embeddings[start : start + 1024] @ train_embeddings.T
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        estimates[start : start + 1024] = np.nanmean(train_rewards[nearest], axis=1)
-    return estimates
+    """Mean reward of the k most cosine-similar training prompts."""
+    nearest_rows, _ = nearest(train_embeddings, test_embeddings, k)
+    return np.nanmean(train_rewards[nearest_rows], axis=1)
 
 
 def random_pair(n_test: int, n_models: int, pair: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,11 @@
-"""ERP's expected rewards blended with simpler estimates, over several seeds: the ablation behind the predictor.
+"""Which estimates to average into ERP's expected reward, over several seeds: the ablation behind the predictor.
 
     python -m benchmarks.blends --data ../shared/data/mmlu-pro --out benchmarks/results/blends-mmlu-pro.md
 
-The issue's quick trial (one 80/20 split) found an equal-weight blend of a text-to-category
-mixture, per-model heads and kNN best on mmlu-pro. This measures that blend and its parts
-against ERP alone on the same folds, with the same fitted pool and the same policy. It runs
+Each model's expected reward is the mean of its heads, its category mixture and its
+nearest-neighbour estimate (``ModelPredictor.predict_parts``). The issue's quick trial
+(one 80/20 split) found that three-way blend best on mmlu-pro; this measures it and
+its subsets on the same folds, with the same fitted pool and the same policy. It runs
 several seeds because the cost to match the best model moves by more than 0.05 between seeds.
 """
 
@@ -17,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks import baselines
 from benchmarks.metrics import apgr, cost_to_match_best, reference_points
 from benchmarks.simulate import SimulationConfig, fit_fold_pool, fold_splits, predict_fold, simulation_lambdas
 from predictors.dataset import RoutingDataset, load_dataset
@@ -26,26 +26,30 @@ from predictors.pool import PoolPredictor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-VARIANTS = ("ERP", "ERP + category mixture", "ERP + kNN", "ERP + category mixture + kNN")
+ERP = "ERP = heads + category mixture + kNN"
+VARIANTS: dict[str, tuple[str, ...]] = {
+    ERP: ("heads", "category", "neighbors"),
+    "heads": ("heads",),
+    "heads + category mixture": ("heads", "category"),
+    "heads + kNN": ("heads", "neighbors"),
+}
 
 
-def category_mixture(data: RoutingDataset, pool: PoolPredictor, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """sum_c P(c | text) * mean training reward of each model in category c, with the featurizer's text classifier."""
-    featurizer = pool.featurizer
-    if not featurizer.n_categories_:  # a single category: its mean is the global mean
-        return baselines.global_best_average(data.rewards[train], len(test))
-    probabilities = featurizer.category_probabilities(embeddings[test])
-    means = baselines.category_best_average(data.rewards[train], data.categories[train], featurizer.categories_)
-    return probabilities @ means
+def estimate_parts(pool: PoolPredictor, embeddings: np.ndarray, input_tokens: np.ndarray, models: list[str]) -> dict[str, np.ndarray]:
+    """Each part of every model's expected reward, (prompts, models) per part."""
+    features = pool.featurizer.transform(embeddings)
+    neighbors = pool.featurizer.neighbors(embeddings)
+    per_model = [pool.heads[m].predict_parts(features, input_tokens, neighbors) for m in models]
+    return {part: np.column_stack([parts[part] for parts in per_model]) for part in per_model[0]}
 
 
 def fold_metrics(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray, lambdas: np.ndarray, config: SimulationConfig) -> dict[str, tuple[float, float | None]]:
     """(APGR, cost to match best) of every variant on one fold."""
     pool = fit_fold_pool(data, embeddings, train, list(range(len(data.models))), config)
     erp, predicted_costs, truth = predict_fold(data, embeddings, pool, test)
-    mixture = category_mixture(data, pool, embeddings, train, test)
-    knn = baselines.knn_average(embeddings[train], data.rewards[train], embeddings[test], SimulationConfig.knn_k)
-    estimates = dict(zip(VARIANTS, (erp, (erp + mixture) / 2, (erp + knn) / 2, (erp + mixture + knn) / 3)))
+    parts = estimate_parts(pool, embeddings[test], data.input_tokens[test], data.models)
+    estimates = {name: np.mean([parts[p] for p in needed if p in parts], axis=0) for name, needed in VARIANTS.items()}
+    estimates[ERP] = erp  # what the simulation and the router use
     reference = reference_points(truth.costs.mean(axis=0), truth.rewards.mean(axis=0))
     metrics = {}
     for name, estimate in estimates.items():
@@ -62,7 +66,7 @@ def _cell(per_fold: list[tuple[float, float | None]]) -> str:
 
 
 def table(results: dict[int, list[dict[str, tuple[float, float | None]]]]) -> list[str]:
-    """Per seed and pooled: mean APGR / cost to match; paired APGR gain over ERP alone on every fold."""
+    """Per seed and pooled: mean APGR / cost to match; paired APGR difference from ERP on every fold."""
     seeds = list(results)
     lines = [
         "| estimate | " + " | ".join(f"seed {s}: APGR / cost to match" for s in seeds) + " | all folds: APGR / cost to match | APGR minus ERP's, paired (folds ahead) |",
@@ -71,8 +75,8 @@ def table(results: dict[int, list[dict[str, tuple[float, float | None]]]]) -> li
     for name in VARIANTS:
         per_seed = [[fold[name] for fold in results[s]] for s in seeds]
         pooled = [m for folds in per_seed for m in folds]
-        gains = np.array([fold[name][0] - fold["ERP"][0] for s in seeds for fold in results[s]])
-        gain = "-" if name == "ERP" else f"{gains.mean():+.4f} ± {gains.std():.4f} ({int((gains > 0).sum())}/{len(gains)})"
+        gains = np.array([fold[name][0] - fold[ERP][0] for s in seeds for fold in results[s]])
+        gain = "-" if name == ERP else f"{gains.mean():+.4f} ± {gains.std():.4f} ({int((gains > 0).sum())}/{len(gains)})"
         lines.append(f"| {name} | " + " | ".join(_cell(f) for f in per_seed) + f" | {_cell(pooled)} | {gain} |")
     return lines
 
@@ -94,7 +98,7 @@ def main() -> None:
         config = SimulationConfig(seed=seed, n_members=args.members)
         results[seed] = [fold_metrics(data, embeddings, tr, te, lambdas, config) for tr, te in tqdm(splits, desc=f"seed {seed}")]
     lines = [
-        f"# {Path(args.data).name}: ERP blended with simpler estimates, {args.folds}-fold CV, seeds {args.seeds}",
+        f"# {Path(args.data).name}: the parts of ERP's expected reward, {args.folds}-fold CV, seeds {args.seeds}",
         "",
         f"Encoder minilm, backend auto, {args.members} featurizer members; equal-weight means of expected rewards. Cost to match is the mean over the folds"
         " that reach the best single model's reward (how many in brackets).",

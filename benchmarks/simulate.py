@@ -202,6 +202,7 @@ def _holdout(
             [config.holdout_model],
             [typical],
             pool.featurizer.layout,
+            pool.featurizer.reference_rows(embeddings[train]),
             config.backend,
             config.seed,
             n_jobs=1,

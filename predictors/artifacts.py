@@ -17,7 +17,7 @@ import joblib
 from predictors.featurizer import PromptFeaturizer
 from predictors.pool import ModelPredictor
 
-FORMAT_VERSION = 2  # 2: bagged featurizer members, one reward head per member
+FORMAT_VERSION = 3  # 2: bagged featurizer members, one reward head per member; 3: smeared length head, reference prompts
 
 
 class ArtifactError(ValueError):

@@ -111,12 +111,13 @@ def fit_one(registry_path: Path, data_dir: Path, model: str, backend: str = "aut
         [entry.name],
         [float(fallback)],
         shared.featurizer.layout,
+        shared.featurizer.reference_rows(embeddings),
         backend,
         seed,
         n_jobs=1,
     )
     artifacts.save(artifacts.ModelArtifact(entry.name, heads[entry.name], shared.featurizer_id), registry.path_of(entry.predictor))
-    predicted = heads[entry.name].predict_reward(features, data.input_tokens)
+    predicted = heads[entry.name].predict_reward(features, data.input_tokens, shared.featurizer.neighbors(embeddings))
     print(
         f"{entry.name}: backend={heads[entry.name].selected_backend}, mean predicted reward {np.mean(predicted):.3f} "
         f"on {len(predicted)} prompts -> {registry.path_of(entry.predictor)}"

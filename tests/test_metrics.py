@@ -61,13 +61,13 @@ def test_predictor_quality_on_binary_rewards(rng):
 
 
 def test_blend_table_pools_seeds_and_pairs_gains_fold_by_fold():
-    from benchmarks.blends import VARIANTS, table
+    from benchmarks.blends import ERP, VARIANTS, table
 
     def fold(erp: float, gain: float, match: float | None) -> dict[str, tuple[float, float | None]]:
-        return {name: (erp + (gain if name != "ERP" else 0.0), match) for name in VARIANTS}
+        return {name: (erp + (gain if name != ERP else 0.0), match) for name in VARIANTS}
 
     lines = table({0: [fold(0.90, 0.02, 0.6), fold(0.94, 0.00, None)], 1: [fold(0.92, 0.01, 0.5), fold(0.96, -0.01, 0.7)]})
     assert len(lines) == 2 + len(VARIANTS)
     erp_row, blend_row = lines[2], lines[3]
-    assert erp_row == "| ERP | 0.920 / 0.600 (1/2) | 0.940 / 0.600 (2/2) | 0.930 / 0.600 (3/4) | - |"
+    assert erp_row == f"| {ERP} | 0.920 / 0.600 (1/2) | 0.940 / 0.600 (2/2) | 0.930 / 0.600 (3/4) | - |"
     assert blend_row.endswith("| +0.0050 ± 0.0112 (2/4) |")
