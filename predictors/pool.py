@@ -87,6 +87,8 @@ class ModelPredictor(BaseEstimator):
             raise ValueError("no outcomes to fit on: every prompt has zero samples for this model")
         self.layout_ = self.layout or FeatureLayout(n_members=1, rank=features.shape[1], n_categories=0, n_clusters=0)
         self.reference_rewards_ = self._reference_rewards(reference_rows, rewards, weights)
+        has_reference = self.reference_rewards_ is not None and np.isfinite(self.reference_rewards_).any()
+        self.reference_mean_ = float(np.nanmean(self.reference_rewards_)) if has_reference else None
         blocks = self.layout_.members(features[observed])
         y, w, tokens = rewards[observed], weights[observed], input_tokens[observed]
         self.group_means_ = [self._group_means(block, y, w) for block in blocks]
@@ -105,8 +107,9 @@ class ModelPredictor(BaseEstimator):
         """This model's mean reward on each reference prompt; NaN where it has no outcome there."""
         if reference_rows is None or not self.layout_.n_reference:
             return None
-        known = (weights > 0) & (np.asarray(reference_rows) >= 0)
-        rows = np.asarray(reference_rows)[known]
+        reference_rows = np.asarray(reference_rows)
+        known = (weights > 0) & (reference_rows >= 0)
+        rows = reference_rows[known]
         total, count = np.zeros(self.layout_.n_reference), np.zeros(self.layout_.n_reference)
         np.add.at(total, rows, weights[known] * rewards[known])
         np.add.at(count, rows, weights[known])
@@ -146,7 +149,7 @@ class ModelPredictor(BaseEstimator):
             local = self.reference_rewards_[neighbors]
             seen = np.isfinite(local)
             counts = seen.sum(axis=1)
-            fallback = np.nanmean(self.reference_rewards_) if np.isfinite(self.reference_rewards_).any() else parts["heads"]
+            fallback = parts["heads"] if self.reference_mean_ is None else self.reference_mean_
             parts["neighbors"] = np.where(counts > 0, np.where(seen, local, 0.0).sum(axis=1) / np.maximum(counts, 1), fallback)
         return parts
 
