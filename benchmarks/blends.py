@@ -22,7 +22,6 @@ from benchmarks.metrics import apgr, cost_to_match_best, reference_points
 from benchmarks.simulate import SimulationConfig, fit_fold_pool, fold_splits, predict_fold, simulation_lambdas
 from predictors.dataset import RoutingDataset, load_dataset
 from predictors.embedding import Encoder
-from predictors.pool import PoolPredictor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,20 +34,12 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def estimate_parts(pool: PoolPredictor, embeddings: np.ndarray, input_tokens: np.ndarray, models: list[str]) -> dict[str, np.ndarray]:
-    """Each part of every model's expected reward, (prompts, models) per part."""
-    features = pool.featurizer.transform(embeddings)
-    neighbors = pool.featurizer.neighbors(embeddings)
-    per_model = [pool.heads[m].predict_parts(features, input_tokens, neighbors) for m in models]
-    return {part: np.column_stack([parts[part] for parts in per_model]) for part in per_model[0]}
-
-
 def fold_metrics(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray, lambdas: np.ndarray, config: SimulationConfig) -> dict[str, tuple[float, float | None]]:
     """(APGR, cost to match best) of every variant on one fold."""
     pool = fit_fold_pool(data, embeddings, train, list(range(len(data.models))), config)
     erp, predicted_costs, truth = predict_fold(data, embeddings, pool, test)
-    parts = estimate_parts(pool, embeddings[test], data.input_tokens[test], data.models)
-    estimates = {name: np.mean([parts[p] for p in needed if p in parts], axis=0) for name, needed in VARIANTS.items()}
+    parts = pool.predict_parts(embeddings[test], data.input_tokens[test], data.models)
+    estimates = {name: np.nanmean([parts[p] for p in needed if p in parts], axis=0) for name, needed in VARIANTS.items()}
     estimates[ERP] = erp  # what the simulation and the router use
     reference = reference_points(truth.costs.mean(axis=0), truth.rewards.mean(axis=0))
     metrics = {}
@@ -88,6 +79,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--members", type=int, default=SimulationConfig.n_members, help="featurizer members to bag")
+    parser.add_argument("--backend", default=SimulationConfig.backend, help="reward head backend (auto, linear, mlp, lightgbm, blend)")
     args = parser.parse_args()
     data = load_dataset(args.data)
     embeddings = Encoder("minilm").encode(data.texts, progress=True)
@@ -95,17 +87,17 @@ def main() -> None:
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         splits = fold_splits(data, args.folds, seed)
-        config = SimulationConfig(seed=seed, n_members=args.members)
+        config = SimulationConfig(seed=seed, backend=args.backend, n_members=args.members)
         results[seed] = [fold_metrics(data, embeddings, tr, te, lambdas, config) for tr, te in tqdm(splits, desc=f"seed {seed}")]
     lines = [
         f"# {Path(args.data).name}: the parts of ERP's expected reward, {args.folds}-fold CV, seeds {args.seeds}",
         "",
-        f"Encoder minilm, backend auto, {args.members} featurizer members; equal-weight means of expected rewards. Cost to match is the mean over the folds"
+        f"Encoder minilm, backend {args.backend}, {args.members} featurizer members; equal-weight means of expected rewards. Cost to match is the mean over the folds"
         " that reach the best single model's reward (how many in brackets).",
         "",
         *table(results),
         "",
-        f"Command: `python -m benchmarks.blends --data {args.data} --out {args.out} --seeds {args.seeds} --members {args.members}`",
+        f"Command: `python -m benchmarks.blends --data {args.data} --out {args.out} --seeds {args.seeds} --members {args.members} --backend {args.backend}`",
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,11 @@ class ModelPredictor(BaseEstimator):
     def predict_parts(
         self, features: np.ndarray, input_tokens: np.ndarray, neighbors: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        """The estimates whose mean is the expected reward: 'heads', 'category' (with categories), 'neighbors' (with a reference set)."""
+        """The estimates whose mean is the expected reward: 'heads', 'category' (with categories), 'neighbors'.
+
+        The neighbour estimate needs neighbours and outcomes on at least one reference prompt; a model
+        that joined with outcomes on other prompts only has none, rather than a copy of its heads.
+        """
         check_is_fitted(self, "reward_heads_")
         blocks = self.layout_.members(features)
         parts = {
@@ -145,12 +149,13 @@ class ModelPredictor(BaseEstimator):
             parts["category"] = np.mean(
                 [self.layout_.categories(block) @ means[0] for block, means in zip(blocks, self.group_means_)], axis=0
             )
-        if neighbors is not None and self.reference_rewards_ is not None:
+        if neighbors is not None and self.reference_mean_ is not None:
             local = self.reference_rewards_[neighbors]
             seen = np.isfinite(local)
             counts = seen.sum(axis=1)
-            fallback = parts["heads"] if self.reference_mean_ is None else self.reference_mean_
-            parts["neighbors"] = np.where(counts > 0, np.where(seen, local, 0.0).sum(axis=1) / np.maximum(counts, 1), fallback)
+            parts["neighbors"] = np.where(
+                counts > 0, np.where(seen, local, 0.0).sum(axis=1) / np.maximum(counts, 1), self.reference_mean_
+            )
         return parts
 
     def predict_reward(self, features: np.ndarray, input_tokens: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:
@@ -168,18 +173,28 @@ class PoolPredictor:
     featurizer: PromptFeaturizer
     heads: dict[str, ModelPredictor] = field(default_factory=dict)
 
+    def _featurize(self, embeddings: np.ndarray, models: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        missing = [m for m in models if m not in self.heads]
+        if missing:
+            raise KeyError(f"no fitted predictor for model(s) {', '.join(missing)}")
+        return self.featurizer.transform(embeddings), self.featurizer.neighbors(embeddings)
+
     def predict(
         self, embeddings: np.ndarray, input_tokens: np.ndarray, models: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Expected rewards and output tokens, each of shape (prompts, len(models))."""
-        missing = [m for m in models if m not in self.heads]
-        if missing:
-            raise KeyError(f"no fitted predictor for model(s) {', '.join(missing)}")
-        features = self.featurizer.transform(embeddings)
-        neighbors = self.featurizer.neighbors(embeddings)
+        features, neighbors = self._featurize(embeddings, models)
         rewards = np.column_stack([self.heads[m].predict_reward(features, input_tokens, neighbors) for m in models])
         tokens = np.column_stack([self.heads[m].predict_output_tokens(features, input_tokens) for m in models])
         return rewards, tokens
+
+    def predict_parts(self, embeddings: np.ndarray, input_tokens: np.ndarray, models: list[str]) -> dict[str, np.ndarray]:
+        """Each part of the expected reward as (prompts, len(models)), NaN for a model without that part: for ablations."""
+        features, neighbors = self._featurize(embeddings, models)
+        per_model = [self.heads[m].predict_parts(features, input_tokens, neighbors) for m in models]
+        names = dict.fromkeys(name for parts in per_model for name in parts)
+        absent = np.full(len(features), np.nan)
+        return {name: np.column_stack([parts.get(name, absent) for parts in per_model]) for name in names}
 
 
 def typical_output_tokens(output_tokens: np.ndarray, default: float = 256.0) -> float:

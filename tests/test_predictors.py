@@ -171,6 +171,18 @@ def test_neighbour_estimate_is_the_models_mean_reward_on_the_nearest_reference_p
     masked = np.where(np.arange(600) < 300, rewards[:600, 2], np.nan)
     expected = np.nanmean(masked[neighbors], axis=1)
     assert late.predict_parts(features, tokens, neighbors)["neighbors"] == pytest.approx(np.where(np.isnan(expected), np.nanmean(masked), expected))
+    # a model that joins with outcomes on other prompts only has no neighbour estimate, not a second copy of its heads
+    outsider = ModelPredictor("linear", layout=featurizer.layout).fit(
+        features, tokens, rewards[600:, 2], np.ones(300), np.full(300, np.nan), featurizer.reference_rows(emb[600:])
+    )
+    outsider_parts = outsider.predict_parts(features, tokens, neighbors)
+    assert set(outsider_parts) == {"heads", "category"}
+    assert outsider.predict_reward(features, tokens, neighbors) == pytest.approx((outsider_parts["heads"] + outsider_parts["category"]) / 2)
+    pool.heads["outsider"] = outsider
+    pool_parts = pool.predict_parts(emb[600:], tokens, ["m1", "outsider"])
+    assert pool_parts["neighbors"][:, 0] == pytest.approx(parts["neighbors"])
+    assert np.isnan(pool_parts["neighbors"][:, 1]).all()
+    assert pool_parts["heads"][:, 1] == pytest.approx(outsider_parts["heads"])
 
 
 def test_model_predictor_rejects_a_model_without_outcomes(rng):
