@@ -105,6 +105,7 @@ def fit_fold_pool(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarra
         data.output_tokens[train][:, columns],
         models,
         categories=data.categories[train],
+        sources=None if data.sources is None else data.sources[train],
         backend=config.backend,
         random_state=config.seed,
         n_jobs=config.n_jobs,

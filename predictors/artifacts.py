@@ -17,7 +17,7 @@ import joblib
 from predictors.featurizer import PromptFeaturizer
 from predictors.pool import ModelPredictor
 
-FORMAT_VERSION = 4  # 2: bagged members, a reward head each; 3: smeared length head, reference prompts; 4: reference mean
+FORMAT_VERSION = 5  # 2: bagged members, a reward head each; 3: smeared length head, reference prompts; 4: reference mean; 5: sources
 
 
 class ArtifactError(ValueError):

@@ -50,6 +50,11 @@ class RoutingDataset:
         return self.prompts["category"].astype(str).to_numpy()
 
     @cached_property
+    def sources(self) -> np.ndarray | None:
+        """The optional finer label (e.g. MMLU-Pro's subject sources); None where the data has no `source` column."""
+        return self.prompts["source"].astype(str).to_numpy() if "source" in self.prompts else None
+
+    @cached_property
     def input_tokens(self) -> np.ndarray:
         """Prompt length in tokens, estimated as chars / 4 like the datasets' own token estimates."""
         return self.prompts["prompt"].str.len().to_numpy(dtype=np.float64) / CHARS_PER_TOKEN

@@ -3,7 +3,9 @@
 One small network maps a prompt embedding to a k-dimensional prompt vector and is
 trained jointly on every pool model's rewards (one linear head per model) and, when
 the data has categories, on a text-to-category head. With 29 models answering the
-same prompts, a prompt's difficulty is learned from all of them. Beside it, k-means
+same prompts, a prompt's difficulty is learned from all of them. The same network also
+learns to tell the prompt's source (the dataset's finer label, such as MMLU-Pro's 91
+subject sources) where the data has sources that refine the categories. Beside it, k-means
 clusters of the embeddings give finer topic groups than the dataset's categories.
 Several such members, trained from different seeds, each give their own block of
 features; the model heads fit one predictor per block and average them, because with
@@ -35,7 +37,7 @@ SAME_PROMPT = 1 - 1e-5  # cosine similarity above which a prompt is taken to be 
 
 @dataclass(frozen=True)
 class FeatureLayout:
-    """The featurizer's output: n_members blocks of [prompt vector (rank) | category probabilities | cluster one-hot].
+    """The featurizer's output: n_members blocks of [prompt vector (rank) | category probabilities | source probabilities | cluster one-hot].
 
     ``n_reference`` is the size of the reference set that neighbour indices point into.
     """
@@ -45,10 +47,11 @@ class FeatureLayout:
     n_categories: int
     n_clusters: int
     n_reference: int = 0
+    n_sources: int = 0
 
     @property
     def width(self) -> int:
-        return self.rank + self.n_categories + self.n_clusters
+        return self.rank + self.n_categories + self.n_sources + self.n_clusters
 
     def members(self, features: np.ndarray) -> list[np.ndarray]:
         if features.shape[1] != self.n_members * self.width:
@@ -56,31 +59,43 @@ class FeatureLayout:
         return [features[:, i * self.width : (i + 1) * self.width] for i in range(self.n_members)]
 
     def dense(self, block: np.ndarray) -> np.ndarray:
-        """One member's prompt vector and category probabilities."""
+        """One member's prompt vector and category probabilities (sources, being many, reach the heads only as a prior)."""
         return block[:, : self.rank + self.n_categories]
+
+    def without_sources(self, block: np.ndarray) -> np.ndarray:
+        """Everything but the source probabilities: the length head's input (on MMLU-Pro, 91 more columns doubled its fit time)."""
+        start = self.rank + self.n_categories
+        return np.hstack([block[:, :start], block[:, start + self.n_sources :]]) if self.n_sources else block
 
     def categories(self, block: np.ndarray) -> np.ndarray:
         return block[:, self.rank : self.rank + self.n_categories]
 
-    def groups(self, block: np.ndarray) -> list[np.ndarray]:
-        """One member's soft group memberships: category probabilities and cluster one-hots, where present."""
-        clusters = block[:, self.rank + self.n_categories :]
-        return [group for group in (self.categories(block), clusters) if group.shape[1]]
+    def groups(self, block: np.ndarray) -> dict[str, np.ndarray]:
+        """One member's soft group memberships, where present: 'category' and 'source' probabilities, 'cluster' one-hots."""
+        start = self.rank + self.n_categories
+        groups = {
+            "category": self.categories(block),
+            "source": block[:, start : start + self.n_sources],
+            "cluster": block[:, start + self.n_sources :],
+        }
+        return {name: group for name, group in groups.items() if group.shape[1]}
 
 
 class _MultiTaskNet(nn.Module):
-    def __init__(self, dim_in: int, hidden: int, rank: int, n_models: int, n_categories: int, dropout: float):
+    def __init__(self, dim_in: int, hidden: int, rank: int, n_models: int, n_categories: int, n_sources: int, dropout: float):
         super().__init__()
         self.trunk = nn.Sequential(
             nn.Linear(dim_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, rank)
         )
         self.reward_heads = nn.Linear(rank, n_models)
         self.category_head = nn.Linear(rank, n_categories) if n_categories > 1 else None
+        self.source_head = nn.Linear(rank, n_sources) if n_sources > 1 else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+        """Prompt vector, reward logits per model, and logits of each label (categories, sources; None where absent)."""
         z = self.trunk(x)
-        categories = self.category_head(z) if self.category_head is not None else None
-        return z, self.reward_heads(z), categories
+        labels = [None if head is None else head(z) for head in (self.category_head, self.source_head)]
+        return z, self.reward_heads(z), labels
 
 
 def _nearest_center(centers: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
@@ -109,10 +124,11 @@ class PromptFeaturizer(BaseEstimator):
         max_epochs: int = 40,
         patience: int = 4,
         batch_size: int = 512,
-        category_weight: float = 0.5,
+        label_weight: float = 0.5,
         n_clusters: int = 64,
         n_members: int = 5,
         n_neighbors: int = 50,
+        min_prompts_per_source: int = 20,
         n_jobs: int = 2,
         random_state: int = 0,
     ) -> None:
@@ -124,10 +140,11 @@ class PromptFeaturizer(BaseEstimator):
         self.max_epochs = max_epochs
         self.patience = patience
         self.batch_size = batch_size
-        self.category_weight = category_weight
+        self.label_weight = label_weight
         self.n_clusters = n_clusters
         self.n_members = n_members
         self.n_neighbors = n_neighbors
+        self.min_prompts_per_source = min_prompts_per_source
         self.n_jobs = n_jobs
         self.random_state = random_state
 
@@ -137,8 +154,13 @@ class PromptFeaturizer(BaseEstimator):
         rewards: np.ndarray,
         weights: np.ndarray,
         categories: np.ndarray | None = None,
+        sources: np.ndarray | None = None,
     ) -> "PromptFeaturizer":
-        """rewards, weights: (prompts, models) expected rewards and their sample counts."""
+        """rewards, weights: (prompts, models) expected rewards and their sample counts.
+
+        Sources are learned only where they split the categories further and average at least
+        ``min_prompts_per_source`` prompts each (a source per prompt would teach nothing).
+        """
         if self.n_members < 1:
             raise ValueError(f"n_members must be at least 1, got {self.n_members}")
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -147,7 +169,12 @@ class PromptFeaturizer(BaseEstimator):
         w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
         self.categories_ = np.unique(categories) if categories is not None else np.array([])
         self.n_categories_ = len(self.categories_) if len(self.categories_) > 1 else 0
-        c = torch.as_tensor(np.searchsorted(self.categories_, categories)) if self.n_categories_ else None
+        self.sources_ = np.unique(sources) if self._sources_refine(categories, sources) else np.array([])
+        self.n_sources_ = len(self.sources_)
+        c = [
+            torch.as_tensor(np.searchsorted(known, labels)) if len(known) > 1 else None
+            for known, labels in ((self.categories_, categories), (self.sources_, sources))
+        ]
         threads = 1 if self.n_jobs > 1 else None  # one torch thread per worker: the members run side by side
         self.members_ = Parallel(n_jobs=self.n_jobs)(
             delayed(self._fit_member)(embeddings, x, y, w, c, self.random_state + i, threads) for i in range(self.n_members)
@@ -155,13 +182,25 @@ class PromptFeaturizer(BaseEstimator):
         self.reference_ = normalize(embeddings) if self.n_neighbors > 0 else embeddings[:0]
         return self
 
+    def _sources_refine(self, categories: np.ndarray | None, sources: np.ndarray | None) -> bool:
+        if sources is None:
+            return False
+        sources = np.asarray(sources).astype(str)
+        n_sources = len(np.unique(sources))
+        if n_sources < 2 or len(sources) < n_sources * self.min_prompts_per_source:
+            return False
+        if categories is None:
+            return True
+        pairs = len(np.unique(np.char.add(np.char.add(np.asarray(categories).astype(str), "\x1f"), sources)))
+        return pairs > len(np.unique(categories))
+
     def _fit_member(
         self,
         embeddings: np.ndarray,
         x: torch.Tensor,
         y: torch.Tensor,
         w: torch.Tensor,
-        c: torch.Tensor | None,
+        c: list[torch.Tensor | None],
         seed: int,
         threads: int | None,
     ) -> _Member:
@@ -171,18 +210,20 @@ class PromptFeaturizer(BaseEstimator):
         val, train = order[:n_val], order[n_val:]
         with torch_threads(threads):
             torch.manual_seed(seed)
-            net = _MultiTaskNet(x.shape[1], self.hidden, self.rank, y.shape[1], len(self.categories_), self.dropout)
+            net = _MultiTaskNet(
+                x.shape[1], self.hidden, self.rank, y.shape[1], len(self.categories_), self.n_sources_, self.dropout
+            )
             optimizer = torch.optim.AdamW(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
             best, best_state, stale = np.inf, None, 0
             for _ in range(self.max_epochs):
                 net.train()
                 for batch in train[torch.randperm(len(train), generator=generator)].split(self.batch_size):
                     optimizer.zero_grad()
-                    self._loss(net, x[batch], y[batch], w[batch], None if c is None else c[batch]).backward()
+                    self._loss(net, x[batch], y[batch], w[batch], [None if t is None else t[batch] for t in c]).backward()
                     optimizer.step()
                 net.eval()
                 with torch.no_grad():
-                    loss = self._loss(net, x[val], y[val], w[val], None if c is None else c[val]).item()
+                    loss = self._loss(net, x[val], y[val], w[val], [None if t is None else t[val] for t in c]).item()
                 if loss < best - 1e-5:
                     best, best_state, stale = loss, {k: v.clone() for k, v in net.state_dict().items()}, 0
                 else:
@@ -198,17 +239,20 @@ class PromptFeaturizer(BaseEstimator):
         ).fit(embeddings)
         return _Member(net, z.mean(axis=0), z.std(axis=0) + 1e-6, clusters)
 
-    def _loss(self, net, x, y, w, c) -> torch.Tensor:
-        _, logits, category_logits = net(x)
-        reward_loss = (nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).sum() / w.sum()
-        if category_logits is None or c is None:
-            return reward_loss
-        return reward_loss + self.category_weight * nn.functional.cross_entropy(category_logits, c)
+    def _loss(self, net, x, y, w, labels) -> torch.Tensor:
+        _, logits, label_logits = net(x)
+        loss = (nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none") * w).sum() / w.sum()
+        for predicted, truth in zip(label_logits, labels):
+            if predicted is not None:
+                loss = loss + self.label_weight * nn.functional.cross_entropy(predicted, truth)
+        return loss
 
     @property
     def layout(self) -> FeatureLayout:
         check_is_fitted(self, "members_")
-        return FeatureLayout(len(self.members_), self.rank, self.n_categories_, self.n_clusters, len(self.reference_))
+        return FeatureLayout(
+            len(self.members_), self.rank, self.n_categories_, self.n_clusters, len(self.reference_), self.n_sources_
+        )
 
     def neighbors(self, embeddings: np.ndarray) -> np.ndarray | None:
         """Indices (prompts, n_neighbors) of each prompt's most cosine-similar reference prompts; None without a reference set."""
@@ -227,10 +271,9 @@ class PromptFeaturizer(BaseEstimator):
 
     def _member_features(self, member: _Member, embeddings: np.ndarray, x: torch.Tensor) -> np.ndarray:
         with torch_threads(), torch.no_grad():
-            z, _, category_logits = member.net(x)
+            z, _, label_logits = member.net(x)
         parts = [(z.numpy() - member.z_mean) / member.z_scale]
-        if category_logits is not None:
-            parts.append(torch.softmax(category_logits, dim=1).numpy())
+        parts += [torch.softmax(logits, dim=1).numpy() for logits in label_logits if logits is not None]
         clusters = np.zeros((len(x), self.n_clusters), dtype=np.float32)
         clusters[np.arange(len(x)), _nearest_center(member.clusters.cluster_centers_, embeddings)] = 1.0
         parts.append(clusters)

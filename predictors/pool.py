@@ -27,22 +27,22 @@ class ModelPredictor(BaseEstimator):
     """One model's expected reward and output length, read off the shared prompt features.
 
     Features follow the featurizer's ``layout``: one block per featurizer member, each
-    a prompt vector, category probabilities and cluster one-hot columns. From each
-    group block the predictor keeps this model's own mean reward per group (shrunk
-    toward its overall mean) and adds the prior sum_g membership(g) * mean reward(g)
-    as a feature: category best average made soft and available from text alone,
-    and the same at the finer grain of embedding clusters. It fits one reward head
-    per member block (seeded like the member); the backend is chosen once, on the
+    a prompt vector, category and source probabilities and cluster one-hot columns.
+    From each group (category, source, cluster) the predictor keeps this model's own
+    mean reward per group (shrunk toward its overall mean) and adds the prior
+    sum_g membership(g) * mean reward(g) as a feature: category best average made soft
+    and available from text alone, and the same at finer grains. It fits one reward
+    head per member block (seeded like the member); the backend is chosen once, on the
     first block, and reused for the others.
 
-    The expected reward is the equal-weight mean of three estimates (``predict_parts``):
+    The expected reward is the equal-weight mean of up to four estimates (``predict_parts``):
     the heads' mean, the category mixture (sum_c P(c | text) * this model's mean reward
-    in c) and, given the prompt's nearest reference prompts, this model's mean reward on
-    them. Over three seeds of mmlu-pro the mean routed better than the heads alone
-    (benchmarks/RESULTS.md, *The parts of the expected reward*): the two smoother estimates,
-    built from the same categories and neighbours for every model, make the differences
-    between models less noisy. Without a layout the features are one block of dense columns
-    and there is no reference set.
+    in c), the same mixture over sources where the data has them, and, given the prompt's
+    nearest reference prompts, this model's mean reward on them. Over three seeds the
+    mean routed better than the heads alone (benchmarks/RESULTS.md, *The parts of the
+    expected reward*): the smoother estimates, built from the same labels and neighbours
+    for every model, make the differences between models less noisy. Without a layout the
+    features are one block of dense columns and there is no reference set.
     """
 
     def __init__(
@@ -59,16 +59,16 @@ class ModelPredictor(BaseEstimator):
         self.shrinkage = shrinkage
         self.random_state = random_state
 
-    def _group_means(self, block: np.ndarray, rewards: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
+    def _group_means(self, block: np.ndarray, rewards: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
         overall = np.average(rewards, weights=weights)
-        means = []
-        for group in self.layout_.groups(block):
+        means = {}
+        for name, group in self.layout_.groups(block).items():
             membership = group * weights[:, None]
-            means.append((membership.T @ rewards + self.shrinkage * overall) / (membership.sum(axis=0) + self.shrinkage))
+            means[name] = (membership.T @ rewards + self.shrinkage * overall) / (membership.sum(axis=0) + self.shrinkage)
         return means
 
-    def _reward_inputs(self, block: np.ndarray, input_tokens: np.ndarray, group_means: list[np.ndarray]) -> np.ndarray:
-        priors = [_logit(group @ means)[:, None] for group, means in zip(self.layout_.groups(block), group_means)]
+    def _reward_inputs(self, block: np.ndarray, input_tokens: np.ndarray, group_means: dict[str, np.ndarray]) -> np.ndarray:
+        priors = [_logit(group @ group_means[name])[:, None] for name, group in self.layout_.groups(block).items()]
         log_tokens = np.log1p(np.asarray(input_tokens, dtype=np.float64))[:, None]
         return np.hstack([self.layout_.dense(block), log_tokens, *priors])
 
@@ -99,7 +99,7 @@ class ModelPredictor(BaseEstimator):
             self.reward_heads_.append(head)
             backend = head.backend_
         self.length_head_ = OutputLengthPredictor(self.fallback_tokens, random_state=self.random_state).fit(
-            self.layout_.members(features)[0], input_tokens, output_tokens
+            self.layout_.without_sources(self.layout_.members(features)[0]), input_tokens, output_tokens
         )
         return self
 
@@ -129,7 +129,7 @@ class ModelPredictor(BaseEstimator):
     def predict_parts(
         self, features: np.ndarray, input_tokens: np.ndarray, neighbors: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        """The estimates whose mean is the expected reward: 'heads', 'category' (with categories), 'neighbors'.
+        """The estimates whose mean is the expected reward: 'heads', 'category' and 'source' (with those labels), 'neighbors'.
 
         The neighbour estimate needs neighbours and outcomes on at least one reference prompt; a model
         that joined with outcomes on other prompts only has none, rather than a copy of its heads.
@@ -145,10 +145,12 @@ class ModelPredictor(BaseEstimator):
                 axis=0,
             )
         }
-        if self.layout_.n_categories:
-            parts["category"] = np.mean(
-                [self.layout_.categories(block) @ means[0] for block, means in zip(blocks, self.group_means_)], axis=0
-            )
+        for label in ("category", "source"):
+            if label in self.group_means_[0]:
+                parts[label] = np.mean(
+                    [self.layout_.groups(block)[label] @ means[label] for block, means in zip(blocks, self.group_means_)],
+                    axis=0,
+                )
         if neighbors is not None and self.reference_mean_ is not None:
             local = self.reference_rewards_[neighbors]
             seen = np.isfinite(local)
@@ -163,7 +165,7 @@ class ModelPredictor(BaseEstimator):
 
     def predict_output_tokens(self, features: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "length_head_")
-        return self.length_head_.predict(self.layout_.members(features)[0], input_tokens)
+        return self.length_head_.predict(self.layout_.without_sources(self.layout_.members(features)[0]), input_tokens)
 
 
 @dataclass
@@ -241,6 +243,7 @@ def fit_pool(
     output_tokens: np.ndarray,
     models: list[str],
     categories: np.ndarray | None = None,
+    sources: np.ndarray | None = None,
     fallback_tokens: list[float | None] | None = None,
     backend: str = "auto",
     random_state: int = 0,
@@ -250,7 +253,7 @@ def fit_pool(
 ) -> PoolPredictor:
     """Fit the shared featurizer on every model's rewards, then each model's own predictor."""
     featurizer = PromptFeaturizer(n_members=n_members, n_jobs=n_jobs, random_state=random_state).fit(
-        embeddings, rewards, weights, categories
+        embeddings, rewards, weights, categories, sources
     )
     typical = typical_output_tokens(output_tokens)
     fallbacks = [typical if f is None else float(f) for f in (fallback_tokens or [None] * len(models))]

@@ -45,6 +45,7 @@ def fit_all(registry_path: Path, data_dir: Path, backend: str = "auto", seed: in
         data.output_tokens[:, columns],
         [e.name for e in entries],
         categories=data.categories,
+        sources=data.sources,
         fallback_tokens=[e.default_output_tokens for e in entries],
         backend=backend,
         random_state=seed,

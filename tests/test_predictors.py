@@ -104,6 +104,30 @@ def test_featurizer_shares_difficulty_and_category_across_models(rng):
     assert np.mean([np.corrcoef(predicted[:, j], truth[1200:, j])[0, 1] for j in range(5)]) > 0.8
 
 
+def test_sources_that_refine_the_categories_give_a_source_mixture(rng):
+    emb, rewards, categories, _ = pool_data(rng, n=1200)
+    half = np.where(emb[:, 2] > 0, "x", "y")
+    sources = np.char.add(categories.astype(str), half)  # four sources, two per category
+    rewards[:, 0] = (rng.uniform(size=1200) < np.where(half == "x", 0.9, 0.1)).astype(float)  # m0 depends on the source only
+    tokens = np.full(1200, 100.0)
+    pool = fit_pool(emb[:900], tokens[:900], rewards[:900], np.ones((900, 5)), np.full((900, 5), np.nan), [f"m{j}" for j in range(5)], categories[:900], sources[:900], backend="linear")
+    layout = pool.featurizer.layout
+    assert layout.n_sources == 4 and list(pool.featurizer.sources_) == ["ax", "ay", "bx", "by"]
+    features, neighbors = pool.featurizer.transform(emb[900:]), pool.featurizer.neighbors(emb[900:])
+    probabilities = layout.groups(layout.members(features)[0])["source"]
+    assert (pool.featurizer.sources_[probabilities.argmax(axis=1)] == sources[900:]).mean() > 0.9
+    parts = pool.heads["m0"].predict_parts(features, tokens[900:], neighbors)
+    assert set(parts) == {"heads", "category", "source", "neighbors"}
+    assert np.corrcoef(parts["source"], half[900:] == "x")[0, 1] > 0.9  # the category mixture cannot see this
+    assert abs(np.corrcoef(parts["category"], half[900:] == "x")[0, 1]) < 0.3
+    rewards_out, _ = pool.predict(emb[900:], tokens[900:], ["m0"])
+    assert rewards_out[:, 0] == pytest.approx(np.mean(list(parts.values()), axis=0))
+    no_refinement = {"the categories renamed": np.char.add(categories, "!"), "one per prompt": np.arange(1200).astype(str)}
+    for why, labels in no_refinement.items():
+        featurizer = PromptFeaturizer(rank=8, n_members=1).fit(emb, rewards, np.ones_like(rewards), categories, labels)
+        assert featurizer.layout.n_sources == 0, why
+
+
 def test_pool_predictor_round_trips_through_artifacts(tmp_path, rng):
     emb, rewards, categories, _ = pool_data(rng, n=600)
     tokens = np.exp(rng.normal(5, 0.5, size=rewards.shape))
