@@ -191,8 +191,7 @@ class PromptFeaturizer(BaseEstimator):
             return False
         if categories is None:
             return True
-        pairs = len(np.unique(np.char.add(np.char.add(np.asarray(categories).astype(str), "\x1f"), sources)))
-        return pairs > len(np.unique(categories))
+        return len(set(zip(categories, sources))) > len(set(categories))
 
     def _fit_member(
         self,

@@ -67,8 +67,12 @@ class ModelPredictor(BaseEstimator):
             means[name] = (membership.T @ rewards + self.shrinkage * overall) / (membership.sum(axis=0) + self.shrinkage)
         return means
 
-    def _reward_inputs(self, block: np.ndarray, input_tokens: np.ndarray, group_means: dict[str, np.ndarray]) -> np.ndarray:
-        priors = [_logit(group @ group_means[name])[:, None] for name, group in self.layout_.groups(block).items()]
+    def _mixtures(self, block: np.ndarray, group_means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """sum_g membership(g) * this model's mean reward in g, per group kind: the heads' priors and the mixture estimates."""
+        return {name: group @ group_means[name] for name, group in self.layout_.groups(block).items()}
+
+    def _reward_inputs(self, block: np.ndarray, input_tokens: np.ndarray, mixtures: dict[str, np.ndarray]) -> np.ndarray:
+        priors = [_logit(mixture)[:, None] for mixture in mixtures.values()]
         log_tokens = np.log1p(np.asarray(input_tokens, dtype=np.float64))[:, None]
         return np.hstack([self.layout_.dense(block), log_tokens, *priors])
 
@@ -95,7 +99,7 @@ class ModelPredictor(BaseEstimator):
         self.reward_heads_ = []
         backend = self.backend
         for seed, (block, means) in enumerate(zip(blocks, self.group_means_), start=self.random_state):
-            head = make_reward_head(backend, seed).fit(self._reward_inputs(block, tokens, means), y, w)
+            head = make_reward_head(backend, seed).fit(self._reward_inputs(block, tokens, self._mixtures(block, means)), y, w)
             self.reward_heads_.append(head)
             backend = head.backend_
         self.length_head_ = OutputLengthPredictor(self.fallback_tokens, random_state=self.random_state).fit(
@@ -136,21 +140,19 @@ class ModelPredictor(BaseEstimator):
         """
         check_is_fitted(self, "reward_heads_")
         blocks = self.layout_.members(features)
+        mixtures = [self._mixtures(block, means) for block, means in zip(blocks, self.group_means_)]
         parts = {
             "heads": np.mean(
                 [
-                    head.predict(self._reward_inputs(block, input_tokens, means))
-                    for head, block, means in zip(self.reward_heads_, blocks, self.group_means_)
+                    head.predict(self._reward_inputs(block, input_tokens, mixture))
+                    for head, block, mixture in zip(self.reward_heads_, blocks, mixtures)
                 ],
                 axis=0,
             )
         }
         for label in ("category", "source"):
-            if label in self.group_means_[0]:
-                parts[label] = np.mean(
-                    [self.layout_.groups(block)[label] @ means[label] for block, means in zip(blocks, self.group_means_)],
-                    axis=0,
-                )
+            if label in mixtures[0]:
+                parts[label] = np.mean([mixture[label] for mixture in mixtures], axis=0)
         if neighbors is not None and self.reference_mean_ is not None:
             local = self.reference_rewards_[neighbors]
             seen = np.isfinite(local)

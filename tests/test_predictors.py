@@ -162,7 +162,7 @@ def test_model_predictor_averages_one_head_per_member_with_the_backend_chosen_on
     assert set(predictor.cv_log_loss) == {"linear", "lightgbm", "mlp", "blend"}
     assert predictor.reward_heads_[1].cv_log_loss_ == {}  # only the first member cross-validates
     members = [
-        head.predict(predictor._reward_inputs(block, tokens, means))
+        head.predict(predictor._reward_inputs(block, tokens, predictor._mixtures(block, means)))
         for head, block, means in zip(predictor.reward_heads_, featurizer.layout.members(features), predictor.group_means_)
     ]
     parts = predictor.predict_parts(features, tokens)
