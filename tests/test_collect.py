@@ -287,6 +287,14 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
         rows = conversations(3)
         rows[1]["conversations"] = [{"from": "gpt", "value": "hello"}]
         return collect_args(write_jsonl(tmp_path / "e.jsonl", rows), registry, out), "row 1 (0-based): no human turn"
+    if case in ("null-conversations", "missing-conversations", "number-conversations"):
+        rows = conversations(3)
+        if case == "missing-conversations":
+            del rows[1]["conversations"]
+        else:
+            rows[1]["conversations"] = None if case == "null-conversations" else 3
+        message = "row 1 (0-based): conversations must be a list"
+        return collect_args(write_jsonl(tmp_path / "e.jsonl", rows), registry, out), message
     if case == "unwritable-out":
         (tmp_path / "a-file").write_text("")
         return collect_args(prompts, registry, tmp_path / "a-file" / "out"), "cannot create the folder"
@@ -305,7 +313,10 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
 
 @pytest.mark.parametrize(
     "case",
-    ["csv", "columns", "empty-conversation", "no-human-turn", "unwritable-out", "unknown-scorer", "samples", "no-enabled-models"],
+    [
+        "csv", "columns", "empty-conversation", "no-human-turn", "null-conversations", "missing-conversations",
+        "number-conversations", "unwritable-out", "unknown-scorer", "samples", "no-enabled-models",
+    ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_call(setup, capsys, case):
     tmp_path, registry, stub = setup

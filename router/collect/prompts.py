@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.dataset
 import yaml
@@ -123,7 +124,8 @@ def _from_conversations(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """The first human turn of each conversation as the prompt, its system turn (if any) as the system."""
     rows = []
     for row, (conversation, source) in enumerate(zip(frame["conversations"], frame["source"], strict=True)):
-        turns = list(conversation) if conversation is not None and not isinstance(conversation, (str, dict)) else None
+        # parquet gives numpy arrays, JSONL lists; null, a missing key (NaN), numbers and strings are refused
+        turns = list(conversation) if isinstance(conversation, (list, tuple, np.ndarray)) else None
         if turns is None or not all(isinstance(turn, dict) for turn in turns):
             raise CollectError(f"{path}: row {row} (0-based): conversations must be a list of {{from, value}} turns")
         if not turns:
