@@ -1,5 +1,7 @@
 """The one interface every reward scorer implements: score a batch of (prompt, response) pairs.
 
+A pairwise scorer scores (prompt, response, alternative) triples through the same interface.
+
 Collection (`erp collect`) and the scorer benchmark only see this interface, so a judge,
 a local reward model and the fast/slow hybrid are interchangeable behind `--scorer NAME`.
 """
@@ -14,12 +16,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ScoringItem:
-    """One response to score; `model` names the pool model that wrote it (the hybrid's ERP check uses it)."""
+    """One response to score; `model` names the pool model that wrote it (the hybrid's ERP check uses it).
+
+    Pairwise judging sets `alternative`, a second response to the same prompt: the reward is then how
+    surely `response` is the better of the two (1 = it is, 0 = the alternative is), so a pairwise judge
+    fits the same interface and the hybrid's thresholds work on it unchanged.
+    """
 
     prompt: str
     response: str
     model: str | None = None
     system: str | None = None
+    alternative: str | None = None
 
 
 @dataclass(frozen=True)

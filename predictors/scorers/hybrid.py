@@ -12,13 +12,19 @@ and an item goes to the slow judge when either is below its threshold (or the fa
 Threshold rule (equal quantiles): both thresholds sit at the same quantile q of their own calibration
 distributions, so neither confidence is favored and their scales need not match; q is the grid point
 (step 0.001) whose share of calibration items sent slow is closest to the target fraction. That share
-grows with q and lies between q and 2q (plus the items the fast scorer failed on).
+grows with q and lies between q and 2q (plus the items the fast scorer failed on). Ties in certainty are
+broken by a stable hash of the item's text (adding under 1e-9, so distinct certainties keep their order):
+a coarse signal such as a pairwise judge's order consistency (0 or 1) can then still meet any slow share.
+
+Cascades of more than two stages are hybrids nested on the slow side, Hybrid(a, Hybrid(b, c)): each stage
+runs only on what the stage before was unsure of, and each is calibrated on the items that reach it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,16 @@ ExpectedReward = Callable[[list[str], list[str | None]], np.ndarray]
 """(prompts, models) -> each pair's expected reward from the ERP predictor; NaN where it has none."""
 
 _QUANTILES = np.linspace(0.0, 1.0, 1001)
+_TIE_BREAK = 1e-9
+
+
+def tie_keys(items: list[ScoringItem]) -> np.ndarray:
+    """A stable pseudo-random number in [0, 1) per item, from its text: the same item always gets the same."""
+    keys = []
+    for item in items:
+        text = "\x1f".join((item.prompt, item.response, item.alternative or "", item.system or ""))
+        keys.append(int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64)
+    return np.array(keys, dtype=np.float64)
 
 
 class HybridCalibration(BaseModel):
@@ -99,19 +115,30 @@ class HybridScorer:
         self.name, self.fast, self.slow, self.expected_reward = name, fast, slow, expected_reward
         self.calibration_: HybridCalibration | None = None
 
-    async def calibrate(self, items: list[ScoringItem], target_slow_fraction: float) -> HybridCalibration:
-        """Calibrate the fast scorer (if it can be), then set both thresholds to hit the target slow share."""
+    async def calibrate(
+        self, items: list[ScoringItem], target_slow_fraction: float, deeper: Sequence[float] = ()
+    ) -> HybridCalibration:
+        """Calibrate the fast scorer (if it can be), then set both thresholds to hit the target slow share.
+
+        `deeper` holds the targets of a cascade's later stages (the slow part is a hybrid itself): each is
+        calibrated on the calibration items the stage before sends on, never on the rest.
+        """
         if not 0 < target_slow_fraction < 1:
             raise ValueError(f"target_slow_fraction must be in (0, 1), got {target_slow_fraction}")
+        if deeper and not isinstance(self.slow, HybridScorer):
+            raise ValueError(f"{self.name!r}: deeper stage targets need a hybrid slow part, not {self.slow.name!r}")
         if hasattr(self.fast, "calibrate"):  # a reward model standardizes on this set and returns its scores
             batch = await self.fast.calibrate(items)
         else:
             batch = await self.fast.score(items)
-        certainty = self._certainty(batch)
+        certainty = self._certainty(batch, items)
         agreement = await self._agreement(items, batch.rewards)
         quantile, certainty_threshold, agreement_threshold, share = choose_thresholds(
             batch.rewards, certainty, agreement, target_slow_fraction
         )
+        if deeper:
+            sent = send_slow(batch.rewards, certainty, agreement, certainty_threshold, agreement_threshold)
+            await self.slow.calibrate([items[i] for i in np.flatnonzero(sent)], deeper[0], deeper[1:])
         self.calibration_ = HybridCalibration(
             fast=self.fast.name,
             slow=self.slow.name,
@@ -143,7 +170,7 @@ class HybridScorer:
         if self.calibration_ is None:
             raise ValueError(f"hybrid scorer {self.name!r} has no thresholds; calibrate it on a calibration set first")
         batch = await self.fast.score(items)
-        certainty = self._certainty(batch)
+        certainty = self._certainty(batch, items)
         agreement = await self._agreement(items, batch.rewards)
         slow = send_slow(
             batch.rewards,
@@ -160,14 +187,16 @@ class HybridScorer:
             for i, error in zip(picked, judged.errors, strict=True):
                 errors[i] = error
             tokens += judged.tokens
-        return ScoreBatch(rewards, tokens, errors, slow=slow, certainty=certainty)
+        return ScoreBatch(rewards, tokens, errors, slow=slow, certainty=batch.certainty)
 
-    def _certainty(self, batch: ScoreBatch) -> np.ndarray:
+    def _certainty(self, batch: ScoreBatch, items: list[ScoringItem]) -> np.ndarray:
+        """The fast scorer's certainty with ties broken by the items' tie keys."""
         if batch.certainty is None:
             raise ValueError(
-                f"fast scorer {self.fast.name!r} reports no certainty; use a reward model or a logprob judge"
+                f"fast scorer {self.fast.name!r} reports no certainty; "
+                "use a reward model, a logprob judge or a pairwise judge asked in both orders"
             )
-        return batch.certainty
+        return batch.certainty + _TIE_BREAK * tie_keys(items)
 
     async def _agreement(self, items: list[ScoringItem], rewards: np.ndarray) -> np.ndarray | None:
         if self.expected_reward is None:

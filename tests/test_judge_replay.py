@@ -1,0 +1,140 @@
+"""The replay scorer, pairwise hybrids and cascades on recorded judge verdicts (../shared/data/judge-replay)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.judge_replay import HALF_ROLE, HYBRID_ROLE, answers, main, split_by_instruction
+from conftest import SHARED_DATA
+from predictors.scorers.base import ScoringItem
+from predictors.scorers.hybrid import HybridScorer
+from predictors.scorers.pairwise import order_consistency
+from predictors.scorers.replay import NO_RECORD, UNPARSED, ReplayJudge, VerdictLog
+
+DATA = SHARED_DATA / "judge-replay"
+SAMPLE = [f"LLMBar/Natural/{i}" for i in range(5)] + ["Processed/MT-Bench/0", "LLMBar/Natural/54"]
+
+
+@pytest.fixture(scope="module")
+def log() -> VerdictLog:
+    return VerdictLog.read(DATA)
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> pd.DataFrame:
+    return pd.read_parquet(DATA / "verdicts.parquet").set_index(["pair_id", "judge", "mode", "swap"]).sort_index()
+
+
+def score(scorer, items: list[ScoringItem]):
+    return asyncio.run(scorer.score(items))
+
+
+def recorded(verdicts: pd.DataFrame, pair: str, judge: str, mode: str, swap: bool) -> pd.Series:
+    return verdicts.loc[(pair, judge, mode, swap)]
+
+
+@pytest.mark.parametrize("judge, mode", [("GPT-4", "Metrics_Reference"), ("PaLM2", "Vanilla_NoRules")])
+def test_replay_reproduces_recorded_verdicts_and_tokens(log, verdicts, judge, mode):
+    for pair in SAMPLE:
+        item = log.items([pair])
+        first, second = (recorded(verdicts, pair, judge, mode, swap) for swap in (False, True))
+        calls = [row.prompt_chars + row.completion_chars for row in (first, second)]
+        aux = first.aux_prompt_chars + first.aux_completion_chars
+        one, both = score(ReplayJudge("one", log, judge, mode, 1), item), score(ReplayJudge("two", log, judge, mode, 2), item)
+        winner = np.nan if pd.isna(first.winner) else float(first.winner == 1)
+        np.testing.assert_equal(one.rewards, [winner])
+        assert one.tokens == round((calls[0] + aux) / 4)
+        assert both.tokens == round((calls[0] + calls[1] + aux) / 4)  # aux calls counted once per pair
+        assert (one.errors == [UNPARSED]) == pd.isna(first.winner)
+
+
+def test_swapped_items_read_the_other_order_and_unknown_pairs_are_missing(log):
+    judge = ReplayJudge("gpt4", log, "GPT-4", "Vanilla", 2)
+    items = log.items(SAMPLE[:4])
+    flipped = [ScoringItem(i.prompt, i.alternative, alternative=i.response) for i in items]
+    assert score(judge, flipped).rewards.tolist() == (1 - score(judge, items).rewards).tolist()
+    unknown = score(judge, [ScoringItem("never asked", "a", alternative="b")])
+    assert np.isnan(unknown.rewards[0]) and unknown.errors == [NO_RECORD] and unknown.tokens == 0
+
+
+def test_order_consistency_comes_from_both_orders(log, verdicts):
+    np.testing.assert_equal(order_consistency([1, 1, 2, np.nan], [1, 2, 2, 1]), [1.0, 0.0, 1.0, np.nan])
+    ids = [p for p in log.pairs["pair_id"] if p.startswith("LLMBar/")]
+    batch = score(ReplayJudge("falcon", log, "Falcon", "Vanilla", 2), log.items(ids))
+    table = verdicts.xs(("Falcon", "Vanilla"), level=("judge", "mode"))["winner"].unstack("swap").loc[ids]
+    assert (batch.certainty == 1).tolist() == (table[False] == table[True]).fillna(False).tolist()
+    assert batch.certainty.mean() == pytest.approx(0.415, abs=0.001)  # the README's measured share
+    assert score(ReplayJudge("falcon", log, "Falcon", "Vanilla", 1), log.items(ids)).certainty is None
+
+
+def test_split_keeps_each_instruction_on_one_side(log):
+    pairs = log.pairs[log.pairs["set"] == "Processed/MT-Bench"]
+    calibration, held = split_by_instruction(pairs, seed=3)
+    assert not set(pairs["instruction"][calibration]) & set(pairs["instruction"][held])
+    assert 60 < calibration.sum() < 140 and (calibration ^ held).all()
+
+
+@pytest.mark.parametrize("target", [0.15, 0.5, 0.8])
+def test_calibration_meets_its_slow_share_on_the_calibration_split(log, target):
+    """Order consistency is 0 or 1; the hybrid's tie-break still lets it meet any target share."""
+    pairs = log.pairs[log.pairs["set"].str.startswith("LLMBar/")]
+    calibration, _ = split_by_instruction(pairs, seed=0)
+    items = log.items(list(pairs["pair_id"][calibration]))
+    hybrid = HybridScorer("h", ReplayJudge("f", log, "Falcon", "Vanilla"), ReplayJudge("s", log, "GPT-4", "CoT", 1))
+    fitted = asyncio.run(hybrid.calibrate(items, target))
+    assert fitted.calibration_slow_fraction == pytest.approx(target, abs=0.02)
+    assert score(hybrid, items).slow.mean() == pytest.approx(target, abs=0.02)
+
+
+def test_cascade_calibrates_each_stage_on_what_reaches_it(log):
+    items = log.items([p for p in log.pairs["pair_id"] if p.startswith("LLMBar/")])
+    inner = HybridScorer("i", ReplayJudge("m", log, "GPT-4", "Vanilla"), ReplayJudge("s", log, "GPT-4", "CoT", 1))
+    cascade = HybridScorer("c", ReplayJudge("f", log, "Falcon", "Vanilla"), inner)
+    outer = asyncio.run(cascade.calibrate(items, 0.6, deeper=[0.3]))
+    assert inner.calibration_.n_items == round(outer.calibration_slow_fraction * len(items))
+    assert inner.calibration_.calibration_slow_fraction == pytest.approx(0.3, abs=0.01)
+    batch = score(cascade, items)
+    escalated = [items[i] for i in np.flatnonzero(batch.slow)]
+    stages = [score(ReplayJudge("f", log, "Falcon", "Vanilla"), items), score(inner, escalated)]
+    assert batch.tokens == stages[0].tokens + stages[1].tokens
+    assert batch.rewards[batch.slow].tolist() == stages[1].rewards.tolist()
+    with pytest.raises(ValueError, match="deeper stage targets need a hybrid slow part"):
+        asyncio.run(inner.calibrate(items, 0.3, deeper=[0.5]))
+
+
+def test_an_unparsed_verdict_escalates_rather_than_guesses(log, verdicts):
+    unparsed = "LLMBar/Natural/54"  # PaLM2 gave no readable one-word verdict in either order
+    assert pd.isna(recorded(verdicts, unparsed, "PaLM2", "Vanilla", False).winner)
+    items = log.items([p for p in log.pairs["pair_id"] if p.startswith("LLMBar/Natural/")])
+    hybrid = HybridScorer("h", ReplayJudge("f", log, "PaLM2", "Vanilla"), ReplayJudge("s", log, "GPT-4", "CoT", 1))
+    asyncio.run(hybrid.calibrate(items, 0.05))
+    batch = score(hybrid, log.items([unparsed, "LLMBar/Natural/0"]))
+    gpt4 = recorded(verdicts, unparsed, "GPT-4", "CoT", False).winner
+    assert batch.slow.tolist() == [True, False]
+    assert batch.rewards[0] == float(gpt4 == 1) and batch.errors[0] is None
+
+
+def test_answers_are_chosen_on_the_calibration_half_only():
+    rows = pd.DataFrame([
+        {"seed": 0, "policy": "slow a", "kind": "slow", "target": None, "cal_acc": 0.8, "cal_tokens": 100, "acc": 0.5},
+        {"seed": 0, "policy": "slow b", "kind": "slow", "target": None, "cal_acc": 0.7, "cal_tokens": 100, "acc": 0.9},
+        {"seed": 0, "policy": "hyb", "kind": "hybrid", "target": 0.2, "cal_acc": 0.81, "cal_tokens": 90, "acc": 0.1},
+        {"seed": 0, "policy": "hyb", "kind": "hybrid", "target": 0.1, "cal_acc": 0.79, "cal_tokens": 40, "acc": 0.99},
+        {"seed": 0, "policy": "fast", "kind": "fast", "target": None, "cal_acc": 0.6, "cal_tokens": 50, "acc": 0.2},
+    ])
+    picks = answers(rows).set_index("role")
+    assert picks.loc["best always-slow", "policy"] == "slow a"
+    assert picks.loc[HYBRID_ROLE, "target"] == 0.2
+    assert picks.loc[HALF_ROLE, "cal_acc"] == 0.79
+    rows.loc[2, "cal_acc"] = 0.75  # now no hybrid reaches the best slow policy: the most accurate one answers
+    assert answers(rows).set_index("role").loc[HYBRID_ROLE, "target"] == 0.1
+
+
+def test_cli_rejects_a_missing_data_directory(tmp_path, capsys):
+    assert main(["--data", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "fix: point at a judge-replay directory" in error
