@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,6 @@ from scipy.stats import spearmanr
 
 from predictors.scorers.base import ScoreBatch, ScoringItem
 from predictors.scorers.hybrid import HybridScorer
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 class EvalError(ValueError):

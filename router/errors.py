@@ -42,6 +42,14 @@ class BudgetExceededError(RoutingError):
     code = "budget_exceeded"
 
 
+class BudgetUnavailableError(RoutingError):
+    """A budgeted request while the shared budget store is unreachable and this replica's allowance is spent."""
+
+    status = 503
+    type = "server_error"
+    code = "budget_store_unavailable"
+
+
 class UpstreamError(RoutingError):
     """Every attempt failed (or one failed in a way no other model can fix); ``record`` lists the attempts."""
 

@@ -11,10 +11,18 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def token_cost(input_tokens, output_tokens, usd_per_token: np.ndarray):
+    """USD of input and output tokens at per-token (input, output) prices, the one price formula of the project.
+
+    ``usd_per_token`` is (2,) for one model or (models, 2); token counts broadcast against it.
+    """
+    return input_tokens * usd_per_token[..., 0] + output_tokens * usd_per_token[..., 1]
+
+
 def call_costs(input_tokens: np.ndarray, output_tokens: np.ndarray, usd_per_token: np.ndarray) -> np.ndarray:
     """USD per (prompt, model) from token counts and per-token (input, output) prices of shape (models, 2)."""
     input_tokens = np.asarray(input_tokens, dtype=np.float64)[:, None]
-    return input_tokens * usd_per_token[:, 0][None, :] + np.asarray(output_tokens) * usd_per_token[:, 1][None, :]
+    return token_cost(input_tokens, np.asarray(output_tokens), usd_per_token)
 
 
 def allowed_mask(

@@ -34,6 +34,9 @@ class ModelEntry(BaseModel):
     output_usd_per_mtok: float | None = Field(None, ge=0)
     prices_from: PriceSource | None = Field(None, description="'litellm' takes both prices from LiteLLM's price map")
     default_output_tokens: float | None = Field(None, gt=0, description="typical output length where data has none")
+    max_output_tokens: int | None = Field(
+        None, gt=0, description="most tokens one call may generate; budgets reserve it (default: LiteLLM's model info)"
+    )
     predictor: Path = Field(description="fitted predictor file of this model, relative to the registry")
     enabled: bool = True
 
@@ -98,6 +101,15 @@ class ServingSettings(BaseModel):
     cache_ttl_s: int = Field(3_600, gt=0, description="lifetime of cached embeddings and predictions")
     cache_max_entries: int = Field(10_000, gt=0, description="bound of the in-process cache")
     decision_log_max_len: int = Field(100_000, gt=0, description="entries kept in the decision log")
+    decision_log_max_bytes: int = Field(
+        32 * 2**20, gt=0, description="bytes the in-process decision log (and the outage journal's log) may hold"
+    )
+    default_max_output_tokens: int = Field(
+        4_096, gt=0, description="output cap reserved against budgets for a model whose cap nobody states"
+    )
+    outage_allowance_usd: float = Field(
+        0.0, ge=0, description="per budgeted key and replica, spend allowed while Redis is unreachable (0: refuse)"
+    )
 
     @model_validator(mode="after")
     def _unique_key_names(self) -> "ServingSettings":
@@ -253,13 +265,25 @@ class Registry(BaseModel):
                 )
 
 
-def _litellm_prices(entry: ModelEntry, source: Path, index: int) -> tuple[float, float]:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+def output_token_cap(entry: ModelEntry, settings: ServingSettings) -> int:
+    """The most tokens one call of this model may generate: the entry's ``max_output_tokens``, else LiteLLM's
+    model info, else ``serving.default_max_output_tokens``."""
+    if entry.max_output_tokens is not None:
+        return entry.max_output_tokens
+    cap = next((info.get("max_output_tokens") for info in _litellm_info(entry) if info.get("max_output_tokens")), None)
+    return int(cap) if cap else settings.default_max_output_tokens
 
-    candidates = [entry.litellm_model, entry.litellm_model.split("/", 1)[-1]]
-    for key in candidates:
-        info = litellm.model_cost.get(key)
+
+def _litellm_info(entry: ModelEntry) -> list[dict]:
+    """LiteLLM's local model-map entries for this model string, with and without its provider prefix."""
+    from predictors.litellm_offline import litellm
+
+    keys = [entry.litellm_model, entry.litellm_model.split("/", 1)[-1]]
+    return [litellm.model_cost[key] for key in keys if key in litellm.model_cost]
+
+
+def _litellm_prices(entry: ModelEntry, source: Path, index: int) -> tuple[float, float]:
+    for info in _litellm_info(entry):
         if info and info.get("input_cost_per_token") is not None and info.get("output_cost_per_token") is not None:
             return float(info["input_cost_per_token"]), float(info["output_cost_per_token"])
     raise RegistryError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class CandidateRecord(BaseModel):
@@ -60,32 +60,131 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+_FORWARD = ConfigDict(extra="forbid")
+MAX_JSON_DEPTH = 64
 
-    type: str
+
+def check_plain_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse values nested deeper than ``max_depth`` or holding text that is not valid Unicode.
+
+    JSON allows both (``"\\ud800"`` decodes to a lone surrogate that cannot be encoded again), and either would
+    otherwise fail later, far from the request, when the body is re-serialized for the upstream.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("the request holds a lone UTF-16 surrogate, which is not valid Unicode") from None
+            continue
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        if children and depth >= max_depth:
+            raise ValueError(f"the request nests deeper than {max_depth} levels")
+        stack.extend((child, depth + 1) for child in children)
+        if isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content: text, an image, audio or a file, as OpenAI defines them."""
+
+    model_config = _FORWARD
+
+    type: Literal["text", "image_url", "input_audio", "file", "refusal"]
     text: str | None = None
+    image_url: dict[str, Any] | None = None
+    input_audio: dict[str, Any] | None = None
+    file: dict[str, Any] | None = None
+    refusal: str | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _FORWARD
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
+    name: str | None = Field(None, max_length=256)
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    function_call: dict[str, Any] | None = None
+    refusal: str | None = None
+    cache_control: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    """The OpenAI chat completion request; parameters beyond these pass through to LiteLLM unchanged."""
+class StreamOptions(BaseModel):
+    model_config = _FORWARD
 
-    model_config = ConfigDict(extra="allow")
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class ChatParameters(BaseModel):
+    """The OpenAI chat-completion parameters the router forwards upstream: the allow-list.
+
+    Anything else (connection settings such as ``base_url``, ``api_base``, ``api_key``, ``timeout``,
+    ``custom_llm_provider``, LiteLLM's own ``mock_response`` or ``metadata``, or a router argument such as
+    ``spend_key``) is refused: connections, keys and timeouts come only from the registry. Parameters that
+    bill outside the registry's per-token prices (``audio``, ``modalities``, ``service_tier``,
+    ``web_search_options``, ``prediction``) and stored completions (``store``, ``metadata``) are refused too.
+    """
+
+    model_config = _FORWARD
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_json(cls, data: Any) -> Any:
+        check_plain_json(data)
+        return data
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, int] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    seed: int | None = None
+    user: str | None = Field(None, max_length=512)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    prompt_cache_key: str | None = Field(None, max_length=512)
+    safety_identifier: str | None = Field(None, max_length=512)
+
+    def forwarded(self) -> dict[str, Any]:
+        """The parameters the caller set, ready for ``litellm.completion``."""
+        return self.model_dump(exclude_none=True)
+
+    @property
+    def output_tokens_cap(self) -> int | None:
+        """The caller's cap on generated tokens per choice (``max_completion_tokens`` wins), if any."""
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatCompletionRequest(ChatParameters):
+    """The body of ``POST /v1/chat/completions``: the model (or ``erp`` knobs), the messages, and the allow-list."""
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
 
-    def passthrough(self) -> dict[str, Any]:
-        """The OpenAI parameters to forward upstream (temperature, max_tokens, stream_options, ...)."""
-        return dict(self.model_extra or {})
+    def parameters(self) -> ChatParameters:
+        """The forwarded parameters alone (without model, messages and stream)."""
+        return ChatParameters.model_validate(self.model_dump(exclude={"model", "messages", "stream"}, exclude_none=True))
 
 
 class ModelCard(BaseModel):

@@ -1,43 +1,55 @@
 """The OpenAI-compatible proxy: ``POST /v1/chat/completions`` routed through the SDK's ``Router``.
 
 ``model`` picks the behaviour: ``erp`` routes with the registry's lambda, ``erp:lambda=0.5,max_cost=0.002``
-sets the knobs per request, a registry model's name bypasses routing. Every error is an OpenAI-style body
-with the right status; no request crashes the server.
+sets the knobs per request, a registry model's name bypasses routing. The body is a pydantic model (the
+allow-list of OpenAI parameters; anything else is a 400 naming it), authentication is a dependency, the
+body size is capped while it is read, and every error is an OpenAI-style body with the right status.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from router.errors import InvalidRequestError, ModelNotFoundError, PromptTooLargeError, RoutingError
+from router.errors import InvalidRequestError, ModelNotFoundError, RoutingError
+from router.failover import FailoverStore
 from router.registry import RegistryError, ServingSettings
 from router.schemas import ChatCompletionRequest, ErrorBody, ErrorResponse, Health, ModelCard, ModelList, RoutingRecord
-from router.sdk import RoutedCompletion, Router
-from router.store import FailoverStore
+from router.sdk import RoutedCompletion, Router, shorten
 from router.telemetry import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 ROUTER_MODEL = "erp"
 _KNOBS = {"lambda": "lambda_", "max_cost": "max_cost"}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in [
+        (400, "invalid request: malformed body, unknown parameter, bad erp: knobs"),
+        (401, "missing or wrong API key"),
+        (404, "unknown model"),
+        (413, "body or conversation too large"),
+        (429, "the API key's budget cannot cover the request"),
+        (502, "every upstream attempt failed"),
+        (503, "budget store unreachable and the outage allowance spent"),
+    ]
+}
 
 
 @dataclass(frozen=True)
 class ClientKey:
-    name: str
+    """An accepted API key's configured name (None for the unnamed keys of ``api_keys_env``) and budget."""
+
+    name: str | None
     budget_usd: float | None = None
 
 
@@ -57,7 +69,11 @@ class AuthError(RoutingError):
 
 
 def client_keys(settings: ServingSettings, environ: dict[str, str] | None = None) -> dict[str, ClientKey]:
-    """Accepted API keys from the registry and from ``settings.api_keys_env``; empty means no auth."""
+    """Accepted API keys from the registry and from ``settings.api_keys_env``; empty means no auth.
+
+    Keys from the environment variable have no name: their spend is not counted per key, and no label,
+    log line or metric is ever derived from the secret itself.
+    """
     environ = os.environ if environ is None else environ
     keys: dict[str, ClientKey] = {}
     for i, entry in enumerate(settings.api_keys):
@@ -69,7 +85,7 @@ def client_keys(settings: ServingSettings, environ: dict[str, str] | None = None
             )
         keys[secret] = ClientKey(entry.name, entry.budget_usd)
     for secret in filter(None, (k.strip() for k in environ.get(settings.api_keys_env or "", "").split(","))):
-        keys.setdefault(secret, ClientKey(f"env-{hashlib.sha256(secret.encode()).hexdigest()[:8]}"))
+        keys.setdefault(secret, ClientKey(None))
     return keys
 
 
@@ -81,7 +97,7 @@ def parse_target(model: str, registry_models: dict[str, Any]) -> Target:
         return Target()
     if not model.startswith(ROUTER_MODEL + ":"):
         raise ModelNotFoundError(
-            f"the model {model!r} does not exist; use 'erp', 'erp:lambda=X,max_cost=Y' or one of: "
+            f"the model {shorten(model)!r} does not exist; use 'erp', 'erp:lambda=X,max_cost=Y' or one of: "
             f"{', '.join(registry_models)}",
             param="model",
         )
@@ -90,15 +106,15 @@ def parse_target(model: str, registry_models: dict[str, Any]) -> Target:
         name, sep, value = (piece.strip() for piece in part.partition("="))
         if not sep or name not in _KNOBS or _KNOBS[name] in knobs:
             raise InvalidRequestError(
-                f"bad router parameter {part!r} in model {model!r}; expected erp:lambda=X and/or max_cost=Y, "
-                "each once, comma-separated",
+                f"bad router parameter {shorten(part)!r} in model {shorten(model)!r}; expected erp:lambda=X "
+                "and/or max_cost=Y, each once, comma-separated",
                 param="model",
             )
         try:
             knobs[_KNOBS[name]] = float(value)
         except ValueError:
             raise InvalidRequestError(
-                f"{name} must be a number, got {value!r} in model {model!r}", param="model"
+                f"{name} must be a number, got {shorten(value)!r} in model {shorten(model)!r}", param="model"
             ) from None
     return Target(**knobs)
 
@@ -118,27 +134,39 @@ def routing_headers(record: RoutingRecord) -> dict[str, str]:
     return headers
 
 
+def validation_error(errors: list[dict]) -> InvalidRequestError:
+    """The first pydantic error as OpenAI words it: an unknown parameter is named, a bad value explained."""
+    error = errors[0]
+    loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    if error.get("type") == "extra_forbidden":
+        return InvalidRequestError(f"Unrecognized request argument supplied: {shorten(param or '')}", param=param)
+    if error.get("type") == "json_invalid":
+        return InvalidRequestError(f"the request body is not valid JSON: {error.get('ctx', {}).get('error', '')}")
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return InvalidRequestError(f"{param or 'body'}: {shorten(message, 300)}", param=param)
+
+
 def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
-    """The proxy app over a router; its metrics observe every request the router finishes."""
+    """The proxy app over a router; its metrics observe every request the router finishes (a record hook)."""
     metrics = metrics or Metrics()
-    previous_hook = router.on_record
-
-    def observe(record: RoutingRecord) -> None:
-        metrics.observe(record)
-        if previous_hook is not None:
-            previous_hook(record)
-
-    router.on_record = observe
+    router.subscribe(metrics.observe)
     keys = client_keys(router.settings)
-    max_body_bytes = 8 * router.settings.max_prompt_chars + 2**20
-    app = FastAPI(title="erp-router", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="erp-router",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        max_body_size=8 * router.settings.max_prompt_chars + 2**20,
+    )
 
     def error_response(error: RoutingError | ErrorResponse, status: int, headers: dict | None = None) -> JSONResponse:
         body = error.body() if isinstance(error, RoutingError) else error
         metrics.http_errors.labels(str(status), body.error.code or body.error.type).inc()
         return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
-    def authenticate(request: Request) -> ClientKey | None:
+    async def authenticate(request: Request) -> ClientKey | None:
+        """The caller's key (None when auth is off); 401 when it is missing or wrong."""
         if not keys:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -158,12 +186,17 @@ def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def on_http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        body = ErrorResponse(error=ErrorBody(message=str(exc.detail), type="invalid_request_error", code=None))
+        code = {413: "request_too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code == 400:
+            message = "the request body is not valid JSON, or nests too deeply to parse"
+        body = ErrorResponse(error=ErrorBody(message=message, type="invalid_request_error", code=code))
         return error_response(body, exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidRequestError(str(exc.errors()[:3])), 400)
+        error = validation_error(list(exc.errors()))
+        return error_response(error, error.status)
 
     @app.exception_handler(Exception)
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -171,10 +204,11 @@ def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
         body = ErrorResponse(error=ErrorBody(message="internal error of the router", type="server_error"))
         return error_response(body, 500)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        client = authenticate(request)
-        chat = await _read_request(request, max_body_bytes)
+    @app.post("/v1/chat/completions", responses=_ERRORS)
+    async def chat_completions(
+        chat: ChatCompletionRequest, client: ClientKey | None = Depends(authenticate)
+    ) -> Response:
+        """An OpenAI chat completion, routed (``erp``, ``erp:lambda=X,max_cost=Y``) or sent to a named model."""
         target = parse_target(chat.model, router.entries)
         result = await router.acomplete(
             [message.model_dump(exclude_none=True) for message in chat.messages],
@@ -184,16 +218,15 @@ def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
             stream=chat.stream,
             spend_key=client.name if client else None,
             budget_usd=client.budget_usd if client else None,
-            **chat.passthrough(),
+            **chat.parameters().forwarded(),
         )
         headers = routing_headers(result.record)
         if isinstance(result, RoutedCompletion):
             return Response(result.response.model_dump_json(), media_type="application/json", headers=headers)
         return StreamingResponse(_server_sent_events(result), media_type="text/event-stream", headers=headers)
 
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> ModelList:
-        authenticate(request)
+    @app.get("/v1/models", responses=_ERRORS)
+    async def list_models(_: ClientKey | None = Depends(authenticate)) -> ModelList:
         cards = [ModelCard(id=ROUTER_MODEL, owned_by="erp-router")]
         cards += [ModelCard(id=name, owned_by=e.litellm_model.split("/")[0]) for name, e in router.entries.items()]
         return ModelList(data=cards)
@@ -205,32 +238,17 @@ def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
         status = "degraded" if store.redis == "down" else "ok"
         return Health(status=status, live=True, ready=True, models=len(router.entries), store=store)
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         if isinstance(router.store, FailoverStore):
             metrics.store_degraded.set(router.store.degraded)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(_: ClientKey | None = Depends(authenticate)) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
     return app
-
-
-async def _read_request(request: Request, max_body_bytes: int) -> ChatCompletionRequest:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body_bytes:
-        raise PromptTooLargeError(f"the request body has {declared} bytes; at most {max_body_bytes} are accepted")
-    raw = await request.body()
-    if len(raw) > max_body_bytes:
-        raise PromptTooLargeError(f"the request body has {len(raw)} bytes; at most {max_body_bytes} are accepted")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        param = ".".join(str(part) for part in error["loc"]) or None
-        raise InvalidRequestError(f"{param or 'body'}: {error['msg']}", param=param) from None
 
 
 async def _server_sent_events(stream: AsyncIterator[Any]) -> AsyncIterator[str]:

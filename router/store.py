@@ -1,21 +1,20 @@
 """Serving state shared by the SDK and the proxy: a TTL cache, spend counters, budgets and the decision log.
 
 One small interface, three implementations: ``MemoryStore`` (in-process, the default), ``RedisStore``
-(``REDIS_URL``, shared by replicas) and ``FailoverStore`` (Redis while it answers, memory while it does not).
-Spend counters hold integer nano-USD, so concurrent increments add up exactly; counter names are
-``model:<name>`` and ``key:<name>``. The interface is synchronous and thread-safe so the sync SDK can
-use it directly; the async proxy calls it from a worker thread.
+(``REDIS_URL``, shared by replicas) and ``FailoverStore`` (``router/failover.py``: Redis while it answers,
+a bounded local journal while it does not). Spend counters hold integer nano-USD, so concurrent increments
+add up exactly; counter names are ``model:<name>`` and ``key:<name>``. The interface is synchronous and
+thread-safe so the sync SDK can use it directly; the async proxy calls it from a worker thread.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict, deque
-from typing import Callable, TypeVar
+from typing import Callable
 
 import redis
 from cachetools import TTLCache
@@ -24,17 +23,19 @@ from redis.retry import Retry
 
 from router.schemas import StoreHealth
 
-log = logging.getLogger(__name__)
 NANO_PER_USD = 1_000_000_000
-T = TypeVar("T")
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
-# Add ARGV[1] nano-USD to KEYS[1] unless it already reached the budget ARGV[2] or would go over it; -1 when
-# refused. Scripts run atomically in Redis, so replicas cannot overspend between the check and the increment.
+# Reserve up to ARGV[1] nano-USD on KEYS[1] under the budget ARGV[2]: all of it when it fits, else what is left
+# when that is at least ARGV[3]; nothing once the budget is reached. Returns {reserved or -1, total after}.
+# Scripts run atomically in Redis, so replicas cannot overspend between the check and the increment.
 _RESERVE_SCRIPT = """
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
-local budget = tonumber(ARGV[2])
-if spent >= budget or spent + tonumber(ARGV[1]) > budget then return -1 end
-return redis.call('INCRBY', KEYS[1], ARGV[1])
+local want, budget, least = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local left = budget - spent
+if spent >= budget or left < least then return {-1, spent} end
+local amount = math.min(want, left)
+return {amount, redis.call('INCRBY', KEYS[1], amount)}
 """
 
 
@@ -48,6 +49,14 @@ def model_counter(name: str) -> str:
 
 def key_counter(name: str) -> str:
     return f"key:{name}"
+
+
+def grant(spent: int, want: int, budget: int, least: int) -> int | None:
+    """The nano-USD a reservation gets: ``want`` if it fits, else what is left if at least ``least``, else None."""
+    left = budget - spent
+    if spent >= budget or left < least:
+        return None
+    return min(want, left)
 
 
 class Store(ABC):
@@ -66,8 +75,12 @@ class Store(ABC):
         """Add USD amounts (negative to refund) to spend counters, each increment atomic."""
 
     @abstractmethod
-    def reserve(self, counter: str, usd: float, budget_usd: float) -> bool:
-        """Atomically add ``usd`` to a counter unless it reached ``budget_usd`` or would exceed it; False if refused."""
+    def reserve(self, counter: str, usd: float, budget_usd: float, least_usd: float | None = None) -> float | None:
+        """Atomically add ``usd`` to a counter if that keeps it within ``budget_usd``; the USD reserved.
+
+        With ``least_usd``, a counter that cannot take all of ``usd`` takes what is left of the budget, if
+        that is at least ``least_usd``. None when refused (nothing is added); a reached budget refuses even 0.
+        """
 
     @abstractmethod
     def spend(self, counter: str) -> float:
@@ -86,8 +99,35 @@ class Store(ABC):
         """Which backend serves now and whether Redis answers."""
 
 
+class BoundedLog:
+    """A FIFO of serialized entries bounded both in count and in bytes; the oldest go first."""
+
+    def __init__(self, max_len: int, max_bytes: int) -> None:
+        self.max_len, self.max_bytes = max_len, max_bytes
+        self._entries: deque[str] = deque()
+        self.bytes = 0
+        self.dropped = 0
+
+    def append(self, entry: str) -> None:
+        self._entries.append(entry)
+        self.bytes += len(entry)
+        while len(self._entries) > self.max_len or (self.bytes > self.max_bytes and len(self._entries) > 1):
+            self.bytes -= len(self._entries.popleft())
+            self.dropped += 1
+
+    def newest(self, count: int) -> list[str]:
+        return list(self._entries)[-count:] if count > 0 else []
+
+    def drain(self) -> list[str]:
+        entries, self._entries, self.bytes = list(self._entries), deque(), 0
+        return entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class MemoryStore(Store):
-    """Per-process state: a bounded TTL cache, counters and a bounded log behind one lock."""
+    """Per-process state: a bounded TTL cache, counters and a log bounded in entries and bytes, behind one lock."""
 
     def __init__(
         self,
@@ -95,11 +135,12 @@ class MemoryStore(Store):
         max_entries: int = 10_000,
         log_max_len: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        log_max_bytes: int = 32 * 2**20,
     ) -> None:
         self._lock = threading.Lock()
         self._cache: TTLCache[str, bytes] = TTLCache(maxsize=max_entries, ttl=ttl_s, timer=clock)
         self._counters: defaultdict[str, int] = defaultdict(int)
-        self._log: deque[dict] = deque(maxlen=log_max_len)
+        self._log = BoundedLog(log_max_len, log_max_bytes)
 
     def get_cached(self, keys: list[str]) -> list[bytes | None]:
         with self._lock:
@@ -114,25 +155,33 @@ class MemoryStore(Store):
             for counter, usd in increments.items():
                 self._counters[counter] += to_nano(usd)
 
-    def reserve(self, counter: str, usd: float, budget_usd: float) -> bool:
+    def reserve(self, counter: str, usd: float, budget_usd: float, least_usd: float | None = None) -> float | None:
+        least = to_nano(usd if least_usd is None else least_usd)
         with self._lock:
-            spent, budget = self._counters[counter], to_nano(budget_usd)
-            if spent >= budget or spent + to_nano(usd) > budget:
-                return False
-            self._counters[counter] += to_nano(usd)
-            return True
+            granted = grant(self._counters[counter], to_nano(usd), to_nano(budget_usd), least)
+            if granted is None:
+                return None
+            self._counters[counter] += granted
+            return granted / NANO_PER_USD
 
     def spend(self, counter: str) -> float:
         with self._lock:
             return self._counters[counter] / NANO_PER_USD
 
     def log_decision(self, entry: dict) -> None:
+        line = json.dumps(entry, separators=(",", ":"))
         with self._lock:
-            self._log.append(entry)
+            self._log.append(line)
 
     def decisions(self, count: int) -> list[dict]:
         with self._lock:
-            return list(self._log)[-count:] if count > 0 else []
+            lines = self._log.newest(count)
+        return [json.loads(line) for line in lines]
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes held by the decision log (serialized entries)."""
+        return self._log.bytes
 
     def health(self) -> StoreHealth:
         return StoreHealth(backend="memory", redis="not configured")
@@ -163,39 +212,59 @@ class RedisStore(Store):
         kwargs = self.client.connection_pool.connection_kwargs
         return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}/{kwargs.get('db', 0)}"
 
-    def _key(self, kind: str, name: str) -> str:
+    def key(self, kind: str, name: str) -> str:
+        """The Redis key of a cache entry, spend counter or log under this store's prefix."""
         return f"{self.prefix}{kind}:{name}"
 
+    @property
+    def log_key(self) -> str:
+        return self.key("log", "decisions")
+
     def get_cached(self, keys: list[str]) -> list[bytes | None]:
-        return self.client.mget([self._key("cache", key) for key in keys]) if keys else []
+        return self.client.mget([self.key("cache", key) for key in keys]) if keys else []
 
     def put_cached(self, items: dict[str, bytes]) -> None:
         with self.client.pipeline(transaction=False) as pipe:
             for key, value in items.items():
-                pipe.set(self._key("cache", key), value, px=self.ttl_ms)
+                pipe.set(self.key("cache", key), value, px=self.ttl_ms)
             pipe.execute()
 
     def add_spend(self, increments: dict[str, float]) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            for counter, usd in increments.items():
-                pipe.incrby(self._key("spend", counter), to_nano(usd))
-            pipe.execute()
+        self.add_spend_totals({counter: to_nano(usd) for counter, usd in increments.items()})
 
-    def reserve(self, counter: str, usd: float, budget_usd: float) -> bool:
-        result = self._reserve(keys=[self._key("spend", counter)], args=[to_nano(usd), to_nano(budget_usd)])
-        return int(result) >= 0
+    def add_spend_totals(self, increments: dict[str, int]) -> dict[str, int]:
+        """Add nano-USD to counters in one MULTI/EXEC (all or none); the counters' totals after it."""
+        with self.client.pipeline(transaction=True) as pipe:
+            for counter, nano in increments.items():
+                pipe.incrby(self.key("spend", counter), nano)
+            return dict(zip(increments, map(int, pipe.execute()), strict=True))
+
+    def reserve(self, counter: str, usd: float, budget_usd: float, least_usd: float | None = None) -> float | None:
+        granted, _ = self.reserve_with_total(counter, usd, budget_usd, least_usd)
+        return granted
+
+    def reserve_with_total(
+        self, counter: str, usd: float, budget_usd: float, least_usd: float | None = None
+    ) -> tuple[float | None, int]:
+        """``reserve``, plus the counter's total in nano-USD after it."""
+        least = to_nano(usd if least_usd is None else least_usd)
+        granted, total = self._reserve(keys=[self.key("spend", counter)], args=[to_nano(usd), to_nano(budget_usd), least])
+        return (None if int(granted) < 0 else int(granted) / NANO_PER_USD), int(total)
 
     def spend(self, counter: str) -> float:
-        return int(self.client.get(self._key("spend", counter)) or 0) / NANO_PER_USD
+        return self.spend_nano(counter) / NANO_PER_USD
+
+    def spend_nano(self, counter: str) -> int:
+        return int(self.client.get(self.key("spend", counter)) or 0)
 
     def log_decision(self, entry: dict) -> None:
-        fields = {"request_id": str(entry.get("request_id", "")), "record": json.dumps(entry)}
-        self.client.xadd(self._key("log", "decisions"), fields, maxlen=self.log_max_len, approximate=False)
+        fields = {"request_id": str(entry.get("request_id", "")), "record": json.dumps(entry, separators=(",", ":"))}
+        self.client.xadd(self.log_key, fields, maxlen=self.log_max_len, approximate=False)
 
     def decisions(self, count: int) -> list[dict]:
         if count <= 0:
             return []
-        entries = self.client.xrevrange(self._key("log", "decisions"), count=count)
+        entries = self.client.xrevrange(self.log_key, count=count)
         return [json.loads(fields[b"record"]) for _, fields in reversed(entries)]
 
     def ping(self) -> bool:
@@ -212,95 +281,20 @@ class RedisStore(Store):
             self.client.delete(*keys)
 
 
-class FailoverStore(Store):
-    """Redis while it answers, the in-process store while it does not.
-
-    The outage is logged once; Redis is tried again at most every ``retry_s`` seconds and used as soon as it
-    answers. Counters and log entries written during the outage stay in this process.
-    """
-
-    def __init__(self, primary: RedisStore, fallback: MemoryStore, retry_s: float = 2.0) -> None:
-        self.primary = primary
-        self.fallback = fallback
-        self.retry_s = retry_s
-        self._lock = threading.Lock()
-        self._down = False
-        self._last_failure = 0.0
-
-    @property
-    def degraded(self) -> bool:
-        return self._down
-
-    def _run(self, operation: Callable[[Store], T]) -> T:
-        with self._lock:
-            skip_primary = self._down and time.monotonic() - self._last_failure < self.retry_s
-        if skip_primary:
-            return operation(self.fallback)
-        try:
-            result = operation(self.primary)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self._mark_down(exc)
-            return operation(self.fallback)
-        self._mark_up()
-        return result
-
-    def _mark_down(self, exc: Exception) -> None:
-        with self._lock:
-            self._last_failure = time.monotonic()
-            if self._down:
-                return
-            self._down = True
-        log.warning(
-            "Redis at %s is unreachable (%s: %s); serving from the in-process store until it returns",
-            self.primary.address,
-            type(exc).__name__,
-            exc,
-        )
-
-    def _mark_up(self) -> None:
-        with self._lock:
-            if not self._down:
-                return
-            self._down = False
-        log.warning("Redis at %s is reachable again; shared state resumed", self.primary.address)
-
-    def get_cached(self, keys: list[str]) -> list[bytes | None]:
-        return self._run(lambda store: store.get_cached(keys))
-
-    def put_cached(self, items: dict[str, bytes]) -> None:
-        self._run(lambda store: store.put_cached(items))
-
-    def add_spend(self, increments: dict[str, float]) -> None:
-        self._run(lambda store: store.add_spend(increments))
-
-    def reserve(self, counter: str, usd: float, budget_usd: float) -> bool:
-        return self._run(lambda store: store.reserve(counter, usd, budget_usd))
-
-    def spend(self, counter: str) -> float:
-        return self._run(lambda store: store.spend(counter))
-
-    def log_decision(self, entry: dict) -> None:
-        self._run(lambda store: store.log_decision(entry))
-
-    def decisions(self, count: int) -> list[dict]:
-        return self._run(lambda store: store.decisions(count))
-
-    def health(self) -> StoreHealth:
-        """Pings Redis now (regardless of the retry interval), so /healthz sees a recovery at once."""
-        try:
-            self.primary.ping()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self._mark_down(exc)
-            return StoreHealth(backend="memory", redis="down")
-        self._mark_up()
-        return StoreHealth(backend="redis", redis="up")
-
-
 def open_store(
-    redis_url: str | None, ttl_s: float = 3600, max_entries: int = 10_000, log_max_len: int = 100_000
+    redis_url: str | None,
+    ttl_s: float = 3600,
+    max_entries: int = 10_000,
+    log_max_len: int = 100_000,
+    log_max_bytes: int = 32 * 2**20,
+    outage_allowance_usd: float = 0.0,
 ) -> Store:
-    """Redis with in-process failover when a URL is given, else the in-process store."""
-    memory = MemoryStore(ttl_s, max_entries, log_max_len)
+    """Redis with a failover journal when a URL is given, else the in-process store."""
+    from router.failover import FailoverStore
+
+    memory = MemoryStore(ttl_s, max_entries, log_max_len, log_max_bytes=log_max_bytes)
     if not redis_url:
         return memory
-    return FailoverStore(RedisStore(redis_url, ttl_s, log_max_len), memory)
+    return FailoverStore(
+        RedisStore(redis_url, ttl_s, log_max_len), memory, outage_allowance_usd=outage_allowance_usd
+    )

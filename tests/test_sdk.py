@@ -17,7 +17,8 @@ from router.errors import (
     PromptTooLargeError,
     UpstreamError,
 )
-from router.sdk import AsyncRoutedStream, RoutedCompletion, RoutedStream, routing_text
+from router.decider import routing_text
+from router.sdk import AsyncRoutedStream, RoutedCompletion, RoutedStream
 from router.store import key_counter, model_counter
 
 MESSAGES = [{"role": "user", "content": "What is the derivative of x**3 + 2*x? Show the steps."}]
@@ -188,11 +189,11 @@ def test_async_stream_keeps_usage_when_asked(make_router, stub) -> None:
 
 @pytest.mark.parametrize("failure", ["500", "503", "429", "context", "timeout"])
 def test_failed_choice_falls_back_to_the_next_by_score(make_router, stub, failure) -> None:
-    router = make_router()
+    router = make_router(serving={"timeout_s": 0.5})
     ranked = ranked_models(router)
     stub.state.failures[ranked[0]] = failure
     stub.state.hang_s = 3.0
-    result = router.complete(MESSAGES, timeout=0.5)
+    result = router.complete(MESSAGES)
     attempts = result.record.attempts
     assert [a.model for a in attempts] == ranked[:2] and result.record.model == ranked[1]
     assert attempts[0].error_type and attempts[1].error_type is None
@@ -223,7 +224,7 @@ def test_attempts_stop_at_the_configured_number(make_router, stub) -> None:
     for model in router.entries:
         stub.state.failures[model] = "500"
     records = []
-    router.on_record = records.append
+    router.subscribe(records.append)
     with pytest.raises(UpstreamError) as caught:
         router.complete(MESSAGES)
     assert caught.value.status == 502

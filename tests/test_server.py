@@ -14,7 +14,8 @@ from stub_upstream import answer_for, free_port, serve_in_thread
 from test_store import REDIS_TEST_URL
 
 from router.server import create_app
-from router.store import FailoverStore, MemoryStore, RedisStore, key_counter, model_counter
+from router.failover import FailoverStore
+from router.store import MemoryStore, RedisStore, key_counter, model_counter
 
 MESSAGES = [{"role": "user", "content": "Sort the list [3, 1, 2] in Python and print it."}]
 ERROR_FIELDS = {"message", "type", "param", "code"}

@@ -13,7 +13,8 @@ import pytest
 import redis
 from stub_upstream import free_port
 
-from router.store import FailoverStore, MemoryStore, RedisStore, Store, key_counter, model_counter, open_store
+from router.failover import FailoverStore
+from router.store import MemoryStore, RedisStore, Store, key_counter, model_counter, open_store
 
 REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
 
@@ -78,7 +79,7 @@ def test_concurrent_spend_increments_add_up_exactly(store: Store) -> None:
 def test_budget_cuts_off_exactly_at_the_limit(store: Store) -> None:
     with ThreadPoolExecutor(16) as pool:
         granted = list(pool.map(lambda _: store.reserve(key_counter("team"), 0.01, 0.5), range(200)))
-    assert sum(granted) == 50
+    assert sum(g is not None for g in granted) == 50
     assert store.spend(key_counter("team")) == pytest.approx(0.5)
     assert not store.reserve(key_counter("team"), 0.0, 0.5), "a spent budget refuses even free calls"
 
@@ -156,10 +157,10 @@ def test_failover_recovers_when_redis_returns(tmp_path, caplog: pytest.LogCaptur
         with caplog.at_level(logging.WARNING, logger="router.store"):
             store.add_spend({model_counter("m"): 0.5})
             assert store.health().redis == "down"
-            assert store.spend(model_counter("m")) == 0.5, "the outage is served from memory"
+            assert store.spend(model_counter("m")) == 1.5, "the last total seen plus the outage journal"
             process = start()
             assert store.health().redis == "up"
-            assert store.spend(model_counter("m")) == 0.0, "a fresh Redis (no persistence) is used again"
+            assert store.spend(model_counter("m")) == 0.5, "a fresh Redis (no persistence) gets the outage journal"
         messages = [r.getMessage() for r in caplog.records]
         assert sum("unreachable" in m for m in messages) == 1
         assert sum("reachable again" in m for m in messages) == 1

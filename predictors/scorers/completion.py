@@ -8,16 +8,12 @@ parameter) fails at once, because repeating it cannot help.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: LiteLLM's bundled price map
-import litellm  # noqa: E402
-
-litellm.suppress_debug_info = True
+from predictors.litellm_offline import litellm
 
 _TRANSIENT = (
     litellm.Timeout,

@@ -1,0 +1,311 @@
+"""The dispatcher: call the chosen model through LiteLLM, fall back to the next on failures another may fix.
+
+The attempt loop is written once, as a generator that yields each attempt's LiteLLM arguments and is sent
+back its outcome; ``run`` and ``arun`` are the thin sync and async shells that make the calls. Each attempt
+reserves its worst-case cost first (the ledger) and carries only the caller's allow-listed parameters plus
+the registry's connection settings (model string, base URL, key, the serving timeout). A timeout, rate
+limit, 5xx, connection error, context-window error or a stream that ends before saying anything moves to
+the next model by score; an error no other model can fix (400, 401) stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from predictors.litellm_offline import litellm
+from predictors.scorers.completion import is_transient
+from router.errors import BudgetExceededError, BudgetUnavailableError, RoutingError, UpstreamError
+from router.ledger import Budget, Ledger, Reservation, Usage, counted_usage
+from router.registry import ModelEntry
+from router.schemas import Attempt, ChatParameters, RoutingRecord
+
+Outcome = tuple[Any, Exception | None]
+
+
+class EmptyStreamError(Exception):
+    """The upstream's stream ended without a single chunk of content or a finish reason (e.g. not SSE at all)."""
+
+
+def is_fallback_error(exc: Exception) -> bool:
+    """Whether another model may succeed: timeouts, rate limits, 5xx, connection errors, context too long."""
+    return is_transient(exc) or isinstance(exc, (litellm.ContextWindowExceededError, EmptyStreamError))
+
+
+@dataclass
+class Call:
+    """One request: its record, the models to try in order, what it sends, and what it is charged to."""
+
+    record: RoutingRecord
+    entries: list[ModelEntry]
+    messages: list[dict]
+    params: ChatParameters
+    stream: bool = False
+    budget: Budget | None = None
+    reservation: Reservation = field(default_factory=Reservation)
+    rejected: bool = False
+
+
+@dataclass
+class RoutedCompletion:
+    """LiteLLM's response and how it was routed."""
+
+    response: litellm.ModelResponse
+    record: RoutingRecord
+
+
+class Dispatcher:
+    def __init__(self, ledger: Ledger, timeout_s: float) -> None:
+        self.ledger = ledger
+        self.timeout_s = timeout_s
+
+    def run(self, call: Call) -> RoutedCompletion | RoutedStream:
+        """Serve ``call`` through ``litellm.completion``."""
+        steps = self._attempts(call)
+        done, value = _advance(steps, None)
+        while not done:
+            try:
+                outcome: Outcome = (self._call(value, call.stream), None)
+            except Exception as exc:
+                outcome = (None, exc)
+            done, value = _advance(steps, outcome)
+        return self._finish(call, value, asynchronous=False)
+
+    async def arun(self, call: Call) -> RoutedCompletion | AsyncRoutedStream:
+        """Serve ``call`` through ``litellm.acompletion``; the ledger's store work runs in worker threads."""
+        steps = self._attempts(call)
+        done, value = await asyncio.to_thread(_advance, steps, None)
+        while not done:
+            try:
+                outcome: Outcome = (await self._acall(value, call.stream), None)
+            except Exception as exc:
+                outcome = (None, exc)
+            done, value = await asyncio.to_thread(_advance, steps, outcome)
+        if call.stream:
+            return self._finish(call, value, asynchronous=True)
+        return await asyncio.to_thread(self._finish, call, value, False)
+
+    def _attempts(self, call: Call) -> Generator[dict, Outcome, Any]:
+        """Yield each attempt's LiteLLM arguments, receive its outcome; return the first success's response."""
+        for entry in call.entries:
+            started = time.perf_counter()
+            try:
+                reservation = self.ledger.reserve(entry.name, call.budget, call.messages, call.params)
+            except (BudgetExceededError, BudgetUnavailableError) as exc:
+                self._record_failure(call, entry, exc, started)
+                continue
+            response, error = yield self._arguments(entry, call, reservation)
+            if error is None:
+                call.reservation = reservation
+                call.record.model = entry.name
+                call.record.attempts.append(Attempt(model=entry.name, latency_ms=_ms_since(started)))
+                return response
+            self.ledger.release(reservation)
+            self._record_failure(call, entry, error, started)
+            if not is_fallback_error(error):
+                call.rejected = getattr(error, "status_code", None) in (400, 422)
+                break
+        self.ledger.settle(call.record, call.reservation, None)
+        raise _exhausted(call)
+
+    def _arguments(self, entry: ModelEntry, call: Call, reservation: Reservation) -> dict:
+        """The caller's allow-listed parameters, then the registry's connection settings, which always win."""
+        args = call.params.forwarded()
+        if reservation.max_output_tokens is not None:
+            cap_name = "max_completion_tokens" if call.params.max_completion_tokens else "max_tokens"
+            args[cap_name] = reservation.max_output_tokens
+        if call.stream:
+            args["stream_options"] = {**args.get("stream_options", {}), "include_usage": True}
+        args.update(
+            model=entry.litellm_model,
+            messages=call.messages,
+            stream=call.stream,
+            timeout=self.timeout_s,
+            max_retries=0,
+            api_base=entry.api_base,
+            api_key=entry.api_key,
+        )
+        return {name: value for name, value in args.items() if value is not None}
+
+    @staticmethod
+    def _call(args: dict, stream: bool) -> Any:
+        response = litellm.completion(**args)
+        return _prefetch(response) if stream else response
+
+    @staticmethod
+    async def _acall(args: dict, stream: bool) -> Any:
+        response = await litellm.acompletion(**args)
+        return await _aprefetch(response) if stream else response
+
+    def _record_failure(self, call: Call, entry: ModelEntry, exc: Exception, started: float) -> None:
+        status = getattr(exc, "status_code", None)
+        if isinstance(exc, RoutingError):
+            status = exc.status
+        call.record.attempts.append(
+            Attempt(
+                model=entry.name,
+                latency_ms=_ms_since(started),
+                error_type=type(exc).__name__,
+                status_code=status if isinstance(status, int) else None,
+                error=redact(str(exc), call.entries)[:500],
+            )
+        )
+
+    def _finish(self, call: Call, response: Any, asynchronous: bool) -> RoutedCompletion | RoutedStream:
+        if not call.stream:
+            usage = getattr(response, "usage", None)
+            known = Usage(usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
+            self.ledger.settle(call.record, call.reservation, known)
+            return RoutedCompletion(response, call.record)
+        prefetched, rest = response
+        stream_type = AsyncRoutedStream if asynchronous else RoutedStream
+        return stream_type(call, prefetched, rest, self.ledger)
+
+
+def redact(text: str, entries: list[ModelEntry]) -> str:
+    """``text`` with every upstream key of these entries replaced, so no key reaches a caller or the log."""
+    for entry in entries:
+        secret = entry.api_key
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _advance(steps: Generator, outcome: Outcome | None) -> tuple[bool, Any]:
+    """One step of the attempt loop: (False, next arguments) or (True, the successful response)."""
+    try:
+        return False, (next(steps) if outcome is None else steps.send(outcome))
+    except StopIteration as finished:
+        return True, finished.value
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _says_something(chunk: Any) -> bool:
+    return any(
+        choice.finish_reason is not None
+        or choice.delta.content
+        or choice.delta.tool_calls
+        or getattr(choice.delta, "function_call", None)
+        for choice in getattr(chunk, "choices", None) or []
+    )
+
+
+def _prefetch(response: Iterator) -> tuple[list, Iterator]:
+    """The chunks up to the first that says something; a stream that never does is an EmptyStreamError."""
+    prefetched = []
+    for chunk in response:
+        prefetched.append(chunk)
+        if _says_something(chunk):
+            return prefetched, response
+    raise EmptyStreamError("the upstream's stream ended without content or a finish reason")
+
+
+async def _aprefetch(response: AsyncIterator) -> tuple[list, AsyncIterator]:
+    prefetched = []
+    async for chunk in response:
+        prefetched.append(chunk)
+        if _says_something(chunk):
+            return prefetched, response
+    raise EmptyStreamError("the upstream's stream ended without content or a finish reason")
+
+
+def _exhausted(call: Call) -> RoutingError:
+    """429/503 when only the budget refused; else 502 with every attempt (400 when the upstream rejected the
+    request's parameters)."""
+    errors = {attempt.error_type for attempt in call.record.attempts}
+    if errors <= {"BudgetExceededError", "BudgetUnavailableError"} and call.record.attempts:
+        kind = BudgetUnavailableError if "BudgetUnavailableError" in errors else BudgetExceededError
+        return kind(call.record.attempts[0].error or "budget exhausted")
+    summary = "; ".join(f"{a.model}: {a.error_type} ({a.status_code})" for a in call.record.attempts)
+    message = f"{len(call.record.attempts)} attempt(s) failed: {summary}"
+    return UpstreamError(message, call.record, status=400 if call.rejected else 502)
+
+
+class RoutedStream:
+    """The answering model's chunks; ``record`` gets usage and realized cost when the stream ends, however it ends.
+
+    A stream the caller stops reading, or that breaks mid-way, is charged for what was generated: the
+    upstream's usage when it came, else tokens counted from the text streamed so far.
+    """
+
+    def __init__(self, call: Call, prefetched: list, rest: Any, ledger: Ledger) -> None:
+        self.call, self.record, self._prefetched, self._rest, self._ledger = call, call.record, prefetched, rest, ledger
+        self._keep_usage = bool(call.params.stream_options and call.params.stream_options.include_usage)
+        self._usage: Usage | None = None
+        self._text: list[str] = []
+
+    def _see(self, chunk: Any) -> bool:
+        """Note the chunk's usage and text; whether to pass it on (not the usage chunk the caller did not ask for)."""
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self._usage = Usage(usage.prompt_tokens, usage.completion_tokens)
+        for choice in getattr(chunk, "choices", None) or []:
+            self._text.append(choice.delta.content or "")
+            for tool_call in choice.delta.tool_calls or []:
+                function = getattr(tool_call, "function", None)
+                self._text.append(getattr(function, "arguments", None) or "")
+        return self._keep_usage or not _usage_only(chunk)
+
+    def _end(self, error: Exception | None) -> None:
+        if error is not None and self.record.attempts:
+            self.record.attempts[-1].error_type = type(error).__name__
+            self.record.attempts[-1].error = f"ended mid-stream: {redact(str(error), self.call.entries)[:450]}"
+        usage = self._usage or counted_usage(self.call.messages, "".join(self._text))
+        self._ledger.settle(self.record, self.call.reservation, usage)
+
+    def __iter__(self) -> Iterator[Any]:
+        error: Exception | None = None
+        try:
+            for chunk in self._prefetched:
+                if self._see(chunk):
+                    yield chunk
+            for chunk in self._rest:
+                if self._see(chunk):
+                    yield chunk
+        except Exception as exc:
+            error = exc
+            raise _midstream_error(self.record, exc) from exc
+        finally:
+            self._end(error)
+
+
+class AsyncRoutedStream(RoutedStream):
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        error: Exception | None = None
+        completed = False
+        try:
+            for chunk in self._prefetched:
+                if self._see(chunk):
+                    yield chunk
+            async for chunk in self._rest:
+                if self._see(chunk):
+                    yield chunk
+            completed = True
+        except Exception as exc:
+            error = exc
+            raise _midstream_error(self.record, exc) from exc
+        finally:
+            # The store is written from a worker thread; a cancelled stream must not wait for it.
+            done = asyncio.get_running_loop().run_in_executor(None, self._end, error)
+            if completed:
+                await done
+
+
+def _usage_only(chunk: Any) -> bool:
+    """The trailing chunk that only carries usage (requested by the router, not by the caller)."""
+    if getattr(chunk, "usage", None) is None:
+        return False
+    return all(
+        choice.finish_reason is None and not (choice.delta.content or choice.delta.role or choice.delta.tool_calls)
+        for choice in chunk.choices
+    )
+
+
+def _midstream_error(record: RoutingRecord, exc: Exception) -> UpstreamError:
+    return UpstreamError(f"{record.model} failed mid-stream: {type(exc).__name__}: {str(exc)[:300]}", record)
