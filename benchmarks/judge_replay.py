@@ -186,7 +186,10 @@ def answers(rows: pd.DataFrame) -> pd.DataFrame:
         best = slow.loc[slow["cal_acc"].idxmax()]
         mixed = group[group["kind"].isin(["hybrid", "cascade"])]
         reaching = mixed[mixed["cal_acc"] >= best["cal_acc"]]
-        hybrid = reaching.loc[reaching["cal_tokens"].idxmin()] if len(reaching) else mixed.loc[mixed["cal_acc"].idxmax()]
+        if len(reaching):
+            hybrid = reaching.loc[reaching["cal_tokens"].idxmin()]
+        else:
+            hybrid = mixed.loc[mixed["cal_acc"].idxmax()]
         half = group[group["cal_tokens"] <= best["cal_tokens"] / 2]
         picks += [best.to_dict() | {"role": "best always-slow"}, hybrid.to_dict() | {"role": HYBRID_ROLE}]
         if len(half):
@@ -244,7 +247,8 @@ def group_report(log: VerdictLog, group: Group, seeds: int) -> tuple[str, pd.Dat
     best = pooled(picks[picks["role"] == "best always-slow"], hits, n_pairs)
     lines = [f"### {group.name} ({n_pairs} pairs; fast = `{group.fast}`, slow = {', '.join(group.slow)})", "",
              "| chosen on calibration | policies picked (seeds) | held-out acc [95% CI] | escalated | tokens/pair "
-             "| tokens vs best slow | output tokens/pair | output vs best slow |", "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| tokens vs best slow | output tokens/pair | output vs best slow |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for role, chosen in picks.groupby("role", sort=False):
         stats = pooled(chosen, hits, n_pairs)
         labels = [f"{p} @ {t:g}" if pd.notna(t) else p for p, t in zip(chosen["policy"], chosen["target"])]

@@ -44,7 +44,8 @@ def test_replay_reproduces_recorded_verdicts_and_tokens(log, verdicts, judge, mo
         first, second = (recorded(verdicts, pair, judge, mode, swap) for swap in (False, True))
         calls = [row.prompt_chars + row.completion_chars for row in (first, second)]
         aux = first.aux_prompt_chars + first.aux_completion_chars
-        one, both = score(ReplayJudge("one", log, judge, mode, 1), item), score(ReplayJudge("two", log, judge, mode, 2), item)
+        one = score(ReplayJudge("one", log, judge, mode, 1), item)
+        both = score(ReplayJudge("two", log, judge, mode, 2), item)
         winner = np.nan if pd.isna(first.winner) else float(first.winner == 1)
         np.testing.assert_equal(one.rewards, [winner])
         assert one.tokens == round((calls[0] + aux) / 4)

@@ -477,3 +477,42 @@ def test_scorer_eval_reports_fast_slow_and_hybrid_against_the_stub(tmp_path, stu
     bad.write_text('{"prompt": "p", "response": "r"}\n')
     assert scorer_eval.main([*args[:4], "--data", str(bad)]) == 2
     assert "lacks column(s) label" in capsys.readouterr().err
+
+
+# --- pairwise judging ---------------------------------------------------------------------------------
+
+def pairwise_reply(messages: list[dict]) -> str:
+    """Q0: always the right output; Q1: always the first shown (position bias); Q2: no verdict."""
+    text = messages[-1]["content"]
+    if "Q0" in text:
+        return "Output (a)" if "# Output (a):\nright" in text else "Output (b)"
+    return "Output (a)" if "Q1" in text else "Both are fine."
+
+
+def test_pairwise_judge_asks_both_orders_and_escalates_what_they_disagree_on(stub):
+    from predictors.scorers.completion import CompletionClient
+    from predictors.scorers.hybrid import send_slow
+    from predictors.scorers.pairwise_judge import PairwiseJudge, parse_choice
+    from stub_upstream import usage_for
+
+    assert [parse_choice(t) for t in ("Output (b)", "output (a).", "Output (a) or Output (b)", "Both")] == [
+        2, 1, None, None
+    ]
+    stub.state.replies[JUDGE] = pairwise_reply
+    client = CompletionClient(f"openai/{JUDGE}", api_base=stub.url, api_key="stub-key", backoff_s=0.01, timeout_s=5)
+    judge = PairwiseJudge("pairwise", client)
+    pairs = [ScoringItem(f"Q{i}: say right", "right", alternative="wrong") for i in range(3)]
+    batch = asyncio.run(judge.score(pairs))
+    assert isinstance(judge, RewardScorer)
+    np.testing.assert_equal(batch.rewards, [1.0, 1.0, np.nan])
+    np.testing.assert_equal(batch.certainty, [1.0, 0.0, np.nan])
+    assert batch.errors[:2] == [None, None] and "no verdict" in batch.errors[2]
+    assert hits(stub, JUDGE) == 6
+    assert batch.tokens == sum(
+        usage_for(h.body["messages"], pairwise_reply(h.body["messages"]))["total_tokens"] for h in stub.state.hits
+    )
+    assert send_slow(batch.rewards, batch.certainty, None, 0.5, None).tolist() == [False, True, True]
+    flipped = asyncio.run(judge.score([ScoringItem("Q0: say right", "wrong", alternative="right")]))
+    assert flipped.rewards.tolist() == [0.0] and flipped.certainty.tolist() == [1.0]
+    once = asyncio.run(PairwiseJudge("once", client, orders=1).score(pairs[:1]))
+    assert once.rewards.tolist() == [1.0] and once.certainty is None
