@@ -27,7 +27,7 @@ Outcome = tuple[Any, Exception | None]
 
 
 class EmptyStreamError(Exception):
-    """The upstream's stream ended without a single chunk of content or a finish reason (e.g. not SSE at all)."""
+    """The upstream's stream ended without a role, content or tool call (e.g. its body was not SSE at all)."""
 
 
 def is_fallback_error(exc: Exception) -> bool:
@@ -187,8 +187,10 @@ def _ms_since(started: float) -> float:
 
 
 def _says_something(chunk: Any) -> bool:
+    """Whether a chunk came from a real answer: a role, content or a tool call. A finish reason alone does not
+    count: LiteLLM makes one up when the upstream's body was not an event stream at all."""
     return any(
-        choice.finish_reason is not None
+        choice.delta.role
         or choice.delta.content
         or choice.delta.tool_calls
         or getattr(choice.delta, "function_call", None)
@@ -197,13 +199,13 @@ def _says_something(chunk: Any) -> bool:
 
 
 def _prefetch(response: Iterator) -> tuple[list, Iterator]:
-    """The chunks up to the first that says something; a stream that never does is an EmptyStreamError."""
+    """The chunks up to the first from a real answer; a stream without one is an EmptyStreamError."""
     prefetched = []
     for chunk in response:
         prefetched.append(chunk)
         if _says_something(chunk):
             return prefetched, response
-    raise EmptyStreamError("the upstream's stream ended without content or a finish reason")
+    raise EmptyStreamError("the upstream's stream ended without a role, content or tool call")
 
 
 async def _aprefetch(response: AsyncIterator) -> tuple[list, AsyncIterator]:
@@ -212,7 +214,7 @@ async def _aprefetch(response: AsyncIterator) -> tuple[list, AsyncIterator]:
         prefetched.append(chunk)
         if _says_something(chunk):
             return prefetched, response
-    raise EmptyStreamError("the upstream's stream ended without content or a finish reason")
+    raise EmptyStreamError("the upstream's stream ended without a role, content or tool call")
 
 
 def _exhausted(call: Call) -> RoutingError:

@@ -2,7 +2,9 @@
 
 It answers every chat completion with a deterministic echo, reports usage, streams
 server-sent events, and fails on request: tests set ``StubState.failures[model]`` (every call fails)
-or ``StubState.fail_first[model] = (n, failure)`` (the next n calls fail, then it answers).
+or ``StubState.fail_first[model] = (n, failure)`` (the next n calls fail, then it answers); ``401`` echoes
+the caller's key in its error, ``not-sse`` answers a stream request with plain text, ``no-usage`` streams
+without a usage chunk. Answers stop at the request's ``max_tokens`` (one token per word).
 Judge tests script the answers: ``StubState.replies[model]`` is a list of texts (one per call, in order,
 then the echo again) or a function of the request's messages; ``StubState.logprobs[model]`` is a
 token -> probability dict (or a function of the messages giving one) returned as the first token's
@@ -27,9 +29,9 @@ from typing import Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-Failure = Literal["500", "503", "429", "400", "context", "timeout", "midstream"]
+Failure = Literal["500", "503", "429", "400", "401", "context", "timeout", "midstream", "not-sse", "no-usage"]
 _STATUS_ERRORS = {
     "500": (500, "server_error", "the upstream had an internal error"),
     "503": (503, "server_error", "the upstream is overloaded"),
@@ -157,10 +159,18 @@ def create_stub_app(state: StubState) -> FastAPI:
             status, code, message = _STATUS_ERRORS[failure]
             error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
             return JSONResponse({"error": error}, status_code=status)
+        if failure == "401":  # like a provider that echoes the key it was given
+            message = f"Incorrect API key provided: {request.headers.get('authorization')}"
+            return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=401)
         answer, logprobs = state.reply_for(model, messages)
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        if cap:  # a real upstream stops at the output cap; the stub's tokens are words
+            answer = " ".join(answer.split(" ")[:cap])
         usage = usage_for(messages, answer)
+        if stream and failure == "not-sse":
+            return Response("this is not a server-sent event stream", media_type="text/plain")
         if stream:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and failure != "no-usage"
             events = _events(model, answer, usage if include_usage else None, failure == "midstream")
             return StreamingResponse(events, media_type="text/event-stream")
         return {
