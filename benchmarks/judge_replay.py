@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from predictors.scorers.agreement import AgreementScorer
 from predictors.scorers.base import RewardScorer
 from predictors.scorers.hybrid import HybridScorer
 from predictors.scorers.replay import ReplayJudge, VerdictLog
@@ -79,6 +80,8 @@ def policies(log: VerdictLog, group: Group, judges: list[str]) -> list[Policy]:
                 ))
             if j == STRONG:
                 continue
+            if mode == group.slow[-1]:
+                out += checked_policies(judge, group, j, [k for k in judges if k > j and k != STRONG])
             for inner in CASCADE_INNER_TARGETS:
                 out.append(Policy(
                     f"{j} fast, else {STRONG} fast, else {STRONG} {mode} (inner {inner:g})", "cascade", j,
@@ -87,6 +90,21 @@ def policies(log: VerdictLog, group: Group, judges: list[str]) -> list[Policy]:
                     deeper=(inner,),
                 ))
     return out
+
+
+def checked_policies(judge: Callable, group: Group, j: str, checkers: list[str]) -> list[Policy]:
+    """Judge j's one-word verdict checked by another judge's (one order each), else GPT-4's last slow mode.
+
+    Each unordered pair of checkers once: where the two agree the verdict is the same whichever is first."""
+    mode = group.slow[-1]
+    return [
+        Policy(
+            f"{j} fast checked by {k}, else {STRONG} {mode}", "hybrid", j,
+            lambda t, k=k: HybridScorer("a", AgreementScorer(
+                "a", judge(j, group.fast, 1, t), judge(k, group.fast, 1, t)), judge(STRONG, mode, 1, t)),
+        )
+        for k in checkers
+    ]
 
 
 def split_by_instruction(pairs: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,19 +225,26 @@ def pooled(rows: pd.DataFrame, hits: dict, n_pairs: int) -> dict:
 
 
 def signal_table(log: VerdictLog, group: Group, judges: list[str]) -> pd.DataFrame:
-    """Order consistency of each judge's fast verdict as a confidence signal, per kind of pair (all pairs)."""
+    """Each judge's fast verdict checked by its own other order or by another judge's fast verdict:
+    how often the check passes and the verdict's accuracy where it does and where not, per kind of pair."""
     pairs = log.pairs[log.pairs["set"].str.startswith(group.prefix)]
     kind = np.where(pairs["set"].str.contains("Adversarial"), "adversarial",
                     np.where(pairs["set"].str.contains("Natural"), "natural", "human preference"))
     labels, items, rows = pairs["label"].to_numpy(), log.items(list(pairs["pair_id"])), []
     for j in judges:
-        batch = asyncio.run(ReplayJudge(j, log, j, group.fast, 2).score(items))
-        hit, sure = correct(batch.rewards, labels), batch.certainty == 1
-        for name in dict.fromkeys(kind):
-            k = kind == name
-            rows.append({"judge": j, "pairs": name, "n": int(k.sum()), "consistent": sure[k].mean(),
-                         "acc_if_consistent": hit[k & sure].mean(), "acc_if_not": hit[k & ~sure].mean()})
-    return pd.DataFrame(rows)
+        checks = {"own other order": ReplayJudge(j, log, j, group.fast, 2)} | {
+            f"agrees with {k}": AgreementScorer(j, ReplayJudge(j, log, j, group.fast, 1),
+                                                ReplayJudge(k, log, k, group.fast, 1))
+            for k in judges if k != j
+        }
+        for signal, scorer in checks.items():
+            batch = asyncio.run(scorer.score(items))
+            hit, sure = correct(batch.rewards, labels), batch.certainty == 1
+            for name in dict.fromkeys(kind):
+                k = kind == name
+                rows.append({"judge": j, "signal": signal, "pairs": name, "n": int(k.sum()), "passes": sure[k].mean(),
+                             "acc_if_passes": hit[k & sure].mean(), "acc_if_not": hit[k & ~sure].mean()})
+    return pd.DataFrame(rows).sort_values(["pairs", "judge"], kind="stable")
 
 
 def judges_for(log: VerdictLog, group: Group) -> list[str]:
@@ -266,9 +291,10 @@ def group_report(log: VerdictLog, group: Group, seeds: int) -> tuple[str, pd.Dat
         lines.append(f"| {name} | {target} | {fmt(stats)} | {stats['share']:.2f} | {stats['tokens']:.0f} "
                      f"| {stats['output_tokens']:.0f} |")
     signals = signal_table(log, group, judges)
-    lines += ["", "Order consistency of the fast verdict as a confidence signal (all pairs of the group):", "",
-              "| judge | pairs | n | consistent | acc if consistent | acc if not |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.judge} | {r.pairs} | {r.n} | {r.consistent:.3f} | {r.acc_if_consistent:.3f} "
+    lines += ["", "Confidence signals for the fast verdict (one-word, output_1 first), all pairs of the group:", "",
+              "| pairs | n | judge | check | passes | acc where it passes | acc where not |",
+              "|---|---:|---|---|---:|---:|---:|"]
+    lines += [f"| {r.pairs} | {r.n} | {r.judge} | {r.signal} | {r.passes:.3f} | {r.acc_if_passes:.3f} "
               f"| {r.acc_if_not:.3f} |" for r in signals.itertuples()]
     curves = rows.groupby(["policy", "kind", "judge", "target"], dropna=False)[["acc", "tokens"]].mean()
     return "\n".join(lines) + "\n", curves.reset_index()
@@ -291,7 +317,7 @@ def plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
             if kind == "slow" and "Metrics" in name:
                 style["marker"] = "^"
             if kind == "hybrid" and STRONG in name.split("else")[-1] and judge != STRONG:
-                style["linestyle"] = "--"
+                style["linestyle"] = "-." if "checked by" in name else "--"
             ax.plot(policy["tokens"], policy["acc"], color=colors[judge], alpha=0.8, linewidth=1.2, **style,
                     label=name if kind != "cascade" or "inner 0.25" in name else None)
         ax.set(title=f"{title}: held-out, mean over seeds", xlabel="estimated tokens per pair (chars / 4)",

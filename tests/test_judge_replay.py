@@ -139,3 +139,20 @@ def test_cli_rejects_a_missing_data_directory(tmp_path, capsys):
     assert main(["--data", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "fix: point at a judge-replay directory" in error
+
+
+def test_another_judges_agreement_is_a_certainty_with_both_judges_tokens(log, verdicts):
+    from predictors.scorers.agreement import AgreementScorer, agreement
+
+    np.testing.assert_equal(agreement([0.7, 0.2, np.nan, 0.5], [0.9, 0.6, 0.1, 1.0]), [1.0, 0.0, np.nan, 1.0])
+    ids = [p for p in log.pairs["pair_id"] if p.startswith("LLMBar/")]
+    falcon, palm = (ReplayJudge(j, log, j, "Vanilla", 1) for j in ("Falcon", "PaLM2"))
+    checked = score(AgreementScorer("checked", falcon, palm), log.items(ids))
+    first = verdicts.xs(("Vanilla", False), level=("mode", "swap"))["winner"].unstack("judge").loc[ids]
+    both = first["Falcon"].notna() & first["PaLM2"].notna()
+    assert np.isnan(checked.certainty).tolist() == (~both).tolist()
+    same = (first["Falcon"] == first["PaLM2"])[both].astype(float)
+    assert checked.certainty[both.to_numpy()].tolist() == same.tolist()
+    alone = score(falcon, log.items(ids))
+    np.testing.assert_equal(checked.rewards, alone.rewards)
+    assert checked.tokens == alone.tokens + score(palm, log.items(ids)).tokens
