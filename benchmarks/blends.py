@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.metrics import apgr, cost_to_match_best, reference_points
-from benchmarks.simulate import SimulationConfig, fit_fold_pool, fold_splits, predict_fold, simulation_lambdas
 from predictors.dataset import RoutingDataset, load_dataset
 from predictors.embedding import Encoder
+from router.simulation.folds import SimulationConfig, fit_fold_pool, fold_splits, predict_fold, simulation_lambdas
+from router.simulation.metrics import apgr, cost_to_match_best, reference_points
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,7 +38,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 
 def fold_metrics(data: RoutingDataset, embeddings: np.ndarray, train: np.ndarray, test: np.ndarray, lambdas: np.ndarray, config: SimulationConfig) -> dict[str, tuple[float, float | None]]:
     """(APGR, cost to match best) of every variant on one fold."""
-    pool = fit_fold_pool(data, embeddings, train, list(range(len(data.models))), config)
+    pool = fit_fold_pool(data, embeddings, train, config)
     erp, predicted_costs, truth = predict_fold(data, embeddings, pool, test)
     parts = pool.predict_parts(embeddings[test], data.input_tokens[test], data.models)
     estimates = {name: np.nanmean([parts[p] for p in needed if p in parts], axis=0) for name, needed in VARIANTS.items()}

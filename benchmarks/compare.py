@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.simulate import SimulationConfig, simulate
 from predictors.dataset import load_dataset
 from predictors.embedding import Encoder
+from router.simulation.folds import SimulationConfig
+from router.simulation.summary import simulate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

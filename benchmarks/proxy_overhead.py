@@ -183,79 +183,59 @@ def orchestrate(args: argparse.Namespace) -> None:
     }
     env.pop("REDIS_URL", None)
     env.update(ERP_API_KEYS=client_key, ERP_BENCH_CLIENT_KEY=client_key)  # both proxies check the client's key
-    bin_dir = Path(sys.executable).parent
     texts = pd.read_parquet(args.data / "prompts.parquet")["prompt"].tolist()
-    rng = np.random.default_rng(0)
     with ExitStack() as stack:
-        stack.enter_context(
-            _process(
-                ["taskset", "-c", "1", sys.executable, "tests/stub_upstream.py", "--port", str(ports["stub"])],
-                f"http://127.0.0.1:{ports['stub']}/docs",
-                env,
-                workdir / "stub.log",
-            )
-        )
-        stack.enter_context(
-            _process(
-                [
-                    "taskset",
-                    "-c",
-                    "0",
-                    str(bin_dir / "erp"),
-                    "serve",
-                    "--registry",
-                    str(registry),
-                    "--port",
-                    str(ports["erp"]),
-                ],
-                f"http://127.0.0.1:{ports['erp']}/healthz",
-                env,
-                workdir / "erp.log",
-            )
-        )
-        stack.enter_context(
-            _process(
-                [
-                    "taskset",
-                    "-c",
-                    "0",
-                    str(bin_dir / "litellm"),
-                    "--config",
-                    str(config),
-                    "--port",
-                    str(ports["litellm"]),
-                    "--host",
-                    "127.0.0.1",
-                    "--num_workers",
-                    "1",
-                ],
-                f"http://127.0.0.1:{ports['litellm']}/health/liveliness",
-                env,
-                workdir / "litellm.log",
-            )
-        )
+        _start_services(stack, ports, registry, config, env, workdir)
         urls = {name: f"http://127.0.0.1:{port}/v1/chat/completions" for name, port in ports.items()}
-        print("| target | concurrency | requests | errors | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for concurrency in args.concurrency:
-            count = args.requests * max(1, concurrency // 8) if concurrency > 1 else args.requests
-            direct = None
-            for label, target, model, kind in TARGETS:
-                fresh = [f"[{rng.integers(1 << 62):x}] {texts[rng.integers(len(texts))]}" for _ in range(count)]
-                repeated = fresh[: args.repeat_set]
-                prompts = fresh if kind == "fresh" else [repeated[i % len(repeated)] for i in range(count)]
-                warmup = repeated if kind == "repeated" else [f"warm-up {i}: {texts[i]}" for i in range(20)]
-                _run_load(urls[target], model, warmup, 1, args.max_seconds, workdir, env)
-                result = _run_load(urls[target], model, prompts, concurrency, args.max_seconds, workdir, env)
-                latencies = np.array(result["latencies_ms"])
-                p50, p99 = (np.percentile(latencies, q) for q in (50, 99)) if len(latencies) else (np.nan, np.nan)
-                direct = (p50, p99) if target == "stub" else direct
-                added = f"{p50 - direct[0]:.1f} | {p99 - direct[1]:.1f}" if target != "stub" else "- | -"
-                print(
-                    f"| {label} | {concurrency} | {len(latencies)} | {len(result['errors'])} | {p50:.1f} | "
-                    f"{p99:.1f} | {added} | {len(latencies) / result['elapsed_s']:.0f} |",
-                    flush=True,
-                )
+        _measure(args, urls, texts, workdir, env)
+
+
+def _start_services(stack: ExitStack, ports: dict[str, int], registry: Path, config: Path, env: dict, workdir: Path) -> None:
+    """The stub upstream on core 1; the ERP proxy and LiteLLM's proxy on core 0; each stopped when ``stack`` closes."""
+    bin_dir = Path(sys.executable).parent
+    services = {
+        "stub": (
+            ["taskset", "-c", "1", sys.executable, "tests/stub_upstream.py", "--port", str(ports["stub"])],
+            "/docs",
+        ),
+        "erp": (
+            ["taskset", "-c", "0", str(bin_dir / "erp"), "serve", "--registry", str(registry), "--port", str(ports["erp"])],
+            "/healthz",
+        ),
+        "litellm": (
+            ["taskset", "-c", "0", str(bin_dir / "litellm"), "--config", str(config), "--port", str(ports["litellm"]),
+             "--host", "127.0.0.1", "--num_workers", "1"],
+            "/health/liveliness",
+        ),
+    }
+    for name, (command, ready_path) in services.items():
+        stack.enter_context(_process(command, f"http://127.0.0.1:{ports[name]}{ready_path}", env, workdir / f"{name}.log"))
+
+
+def _measure(args: argparse.Namespace, urls: dict[str, str], texts: list[str], workdir: Path, env: dict) -> None:
+    """Print one table row per (concurrency, target): latency percentiles, the latency added over the stub, throughput."""
+    rng = np.random.default_rng(0)
+    print("| target | concurrency | requests | errors | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for concurrency in args.concurrency:
+        count = args.requests * max(1, concurrency // 8) if concurrency > 1 else args.requests
+        direct = None
+        for label, target, model, kind in TARGETS:
+            fresh = [f"[{rng.integers(1 << 62):x}] {texts[rng.integers(len(texts))]}" for _ in range(count)]
+            repeated = fresh[: args.repeat_set]
+            prompts = fresh if kind == "fresh" else [repeated[i % len(repeated)] for i in range(count)]
+            warmup = repeated if kind == "repeated" else [f"warm-up {i}: {texts[i]}" for i in range(20)]
+            _run_load(urls[target], model, warmup, 1, args.max_seconds, workdir, env)
+            result = _run_load(urls[target], model, prompts, concurrency, args.max_seconds, workdir, env)
+            latencies = np.array(result["latencies_ms"])
+            p50, p99 = (np.percentile(latencies, q) for q in (50, 99)) if len(latencies) else (np.nan, np.nan)
+            direct = (p50, p99) if target == "stub" else direct
+            added = f"{p50 - direct[0]:.1f} | {p99 - direct[1]:.1f}" if target != "stub" else "- | -"
+            print(
+                f"| {label} | {concurrency} | {len(latencies)} | {len(result['errors'])} | {p50:.1f} | "
+                f"{p99:.1f} | {added} | {len(latencies) / result['elapsed_s']:.0f} |",
+                flush=True,
+            )
 
 
 def main() -> None:

@@ -1,23 +1,23 @@
-"""Saving and loading fitted predictors: atomic writes, versioned payloads, clear errors.
+"""The file formats of a fitted pool: atomic writes, versioned payloads, clear errors.
 
 The shared featurizer and each model's predictor live in separate files, so fitting
-one model rewrites only that model's file.
+one model rewrites only that model's file. ``PoolPredictor.save`` and ``.load`` are the
+callers; a file of another format version is refused with the fix (refit).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
 
 from predictors.featurizer import PromptFeaturizer
-from predictors.pool import ModelPredictor
+from predictors.model import ModelPredictor
 
-FORMAT_VERSION = 5  # 2: bagged members, a reward head each; 3: smeared length head, reference prompts; 4: reference mean; 5: sources
+FORMAT_VERSION = 6  # raised whenever a pickled class changes shape; the history is in git
 
 
 class ArtifactError(ValueError):
@@ -26,10 +26,12 @@ class ArtifactError(ValueError):
 
 @dataclass
 class SharedArtifact:
+    """The shared file: the featurizer, the encoder it reads, and what every model file must match."""
+
     featurizer: PromptFeaturizer
     encoder: str
     featurizer_id: str
-    typical_output_tokens: float
+    default_output_tokens: float
     dataset: str
     calibrated_lambda: float | None = None
     format_version: int = FORMAT_VERSION
@@ -37,14 +39,12 @@ class SharedArtifact:
 
 @dataclass
 class ModelArtifact:
+    """One model's file: its predictor and the id of the shared featurizer it was fitted on."""
+
     model: str
     predictor: ModelPredictor
     featurizer_id: str
     format_version: int = FORMAT_VERSION
-
-
-def new_featurizer_id() -> str:
-    return uuid.uuid4().hex
 
 
 def save(artifact: SharedArtifact | ModelArtifact, path: Path) -> None:
@@ -73,11 +73,19 @@ def _load(path: Path, kind: type) -> SharedArtifact | ModelArtifact:
     return artifact
 
 
-def load_shared(path: Path) -> SharedArtifact:
-    return _load(path, SharedArtifact)
+def load_shared(path: Path, encoder: str | None = None) -> SharedArtifact:
+    """The shared file at ``path``; given ``encoder``, also refuse one fitted for another encoder."""
+    artifact = _load(path, SharedArtifact)
+    if encoder is not None and artifact.encoder != encoder:
+        raise ArtifactError(
+            f"{path}: fitted on {artifact.encoder!r} embeddings, but the registry's embedding is {encoder!r}; "
+            "fix: refit the pool with `erp fit --data DIR`"
+        )
+    return artifact
 
 
 def load_model(path: Path, shared: SharedArtifact) -> ModelArtifact:
+    """The model file at ``path``, refused unless it was fitted on ``shared``'s featurizer."""
     artifact = _load(path, ModelArtifact)
     if artifact.featurizer_id != shared.featurizer_id:
         raise ArtifactError(

@@ -93,17 +93,6 @@ class RoutingDataset:
         per_mtok = self.prices[["input_usd_per_mtok", "output_usd_per_mtok"]].to_numpy(dtype=np.float64)
         return per_mtok / 1e6
 
-    def subset(self, rows: np.ndarray) -> "RoutingDataset":
-        """The same dataset restricted to the given prompt rows (positions)."""
-        prompts = self.prompts.iloc[rows].reset_index(drop=True)
-        keep = self.outcomes["prompt_id"].isin(set(prompts["prompt_id"]))
-        return RoutingDataset(prompts, self.outcomes[keep].reset_index(drop=True), self.prices, self.source)
-
-    def without_models(self, names: list[str]) -> "RoutingDataset":
-        prices = self.prices[~self.prices["model"].isin(names)].reset_index(drop=True)
-        outcomes = self.outcomes[~self.outcomes["model"].isin(names)].reset_index(drop=True)
-        return RoutingDataset(self.prompts, outcomes, prices, self.source)
-
 
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():

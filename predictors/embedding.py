@@ -12,12 +12,12 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 
 EncoderName = Literal["minilm", "minilm-static", "minilm+static"]
-ENCODER_NAMES: tuple[str, ...] = ("minilm", "minilm-static", "minilm+static")
+ENCODER_NAMES: tuple[str, ...] = get_args(EncoderName)
 STATIC_PCA_DIMS = 256
 
 

@@ -1,19 +1,13 @@
-"""The shared part of the pool predictor: a bagged low-rank multi-task prompt representation.
+"""The shared part of the pool predictor: prompt embedding -> features every per-model predictor reads.
 
-One small network maps a prompt embedding to a k-dimensional prompt vector and is
-trained jointly on every pool model's rewards (one linear head per model) and, when
-the data has categories, on a text-to-category head. With 29 models answering the
-same prompts, a prompt's difficulty is learned from all of them. The same network also
-learns to tell the prompt's source (the dataset's finer label, such as MMLU-Pro's 91
-subject sources) where the data has sources that refine the categories. Beside it, k-means
-clusters of the embeddings give finer topic groups than the dataset's categories.
-Several such members, trained from different seeds, each give their own block of
-features; the model heads fit one predictor per block and average them, because with
-single-sample rewards the variance of one fit is what limits routing (on mmlu-pro,
-bagging raised APGR and cut the cost to match the best model on every seed; see
-benchmarks/RESULTS.md, *Bagging the featurizer*). It also keeps its training prompts'
-embeddings as the reference set for each model's nearest-neighbour estimate. Once
-fitted it is frozen: a new model joins by fitting only its own head on these features.
+``PromptFeaturizer.fit`` learns, from every pool model's rewards at once, ``n_members`` bagged members
+(each from its own seed); ``transform`` gives one block of features per member, laid out as
+``FeatureLayout`` says: a low-rank prompt vector from a multi-task network (trained on all models'
+rewards, and on text -> category and text -> source where the data has labels that help), the
+predicted label probabilities, and a k-means cluster one-hot. It also keeps its training prompts as
+the reference set for nearest-neighbour estimates (``neighbors``, ``reference_rows``). Once fitted it
+is frozen: a new model joins by fitting only its own predictor on these features. Why bagging and
+sources: benchmarks/RESULTS.md, *Bagging the featurizer* and *The parts of the expected reward*.
 """
 
 from __future__ import annotations
@@ -30,7 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from predictors.neighbors import nearest
-from predictors.torch_utils import seeded_generator, torch_threads
+from predictors.torch_utils import seeded_generator, torch_threads, train_with_early_stopping, validation_split
 
 SAME_PROMPT = 1 - 1e-5  # cosine similarity above which a prompt is taken to be a reference prompt
 
@@ -112,7 +106,7 @@ class _Member:
 
 
 class PromptFeaturizer(BaseEstimator):
-    """Embedding -> n_members blocks of [prompt vector, category probabilities, clusters]: what every model head reads."""
+    """Embedding -> ``n_members`` feature blocks, laid out as ``layout`` (a ``FeatureLayout``) says."""
 
     def __init__(
         self,
@@ -204,33 +198,26 @@ class PromptFeaturizer(BaseEstimator):
         threads: int | None,
     ) -> _Member:
         generator = seeded_generator(seed)
-        order = torch.randperm(len(x), generator=generator)
-        n_val = max(1, len(x) // 10)
-        val, train = order[:n_val], order[n_val:]
+        val, train = validation_split(len(x), generator)
         with torch_threads(threads):
             torch.manual_seed(seed)
             net = _MultiTaskNet(
                 x.shape[1], self.hidden, self.rank, y.shape[1], len(self.categories_), self.n_sources_, self.dropout
             )
             optimizer = torch.optim.AdamW(net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-            best, best_state, stale = np.inf, None, 0
-            for _ in range(self.max_epochs):
-                net.train()
+
+            def loss_on(rows: torch.Tensor) -> torch.Tensor:
+                return self._loss(net, x[rows], y[rows], w[rows], [None if t is None else t[rows] for t in c])
+
+            def run_epoch() -> None:
                 for batch in train[torch.randperm(len(train), generator=generator)].split(self.batch_size):
                     optimizer.zero_grad()
-                    self._loss(net, x[batch], y[batch], w[batch], [None if t is None else t[batch] for t in c]).backward()
+                    loss_on(batch).backward()
                     optimizer.step()
-                net.eval()
-                with torch.no_grad():
-                    loss = self._loss(net, x[val], y[val], w[val], [None if t is None else t[val] for t in c]).item()
-                if loss < best - 1e-5:
-                    best, best_state, stale = loss, {k: v.clone() for k, v in net.state_dict().items()}, 0
-                else:
-                    stale += 1
-                    if stale >= self.patience:
-                        break
-            net.load_state_dict(best_state)
-            net.eval()
+
+            train_with_early_stopping(
+                net, run_epoch, lambda: loss_on(val).item(), self.max_epochs, self.patience, min_delta=1e-5
+            )
             with torch.no_grad():
                 z = net.trunk(x).numpy()
         clusters = MiniBatchKMeans(
@@ -283,14 +270,3 @@ class PromptFeaturizer(BaseEstimator):
         embeddings = np.asarray(embeddings, dtype=np.float32)
         x = torch.as_tensor(embeddings)
         return np.hstack([self._member_features(m, embeddings, x) for m in self.members_]).astype(np.float32)
-
-    def category_probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        """P(dataset category | text), averaged over members; columns follow ``categories_``."""
-        layout = self.layout
-        return np.mean([layout.categories(block) for block in layout.members(self.transform(embeddings))], axis=0)
-
-    def predict_category(self, embeddings: np.ndarray) -> np.ndarray:
-        """Most likely dataset category from text alone (live requests carry no category)."""
-        if not self.n_categories_:
-            return np.full(len(embeddings), self.categories_[0] if len(self.categories_) else "", dtype=object)
-        return self.categories_[self.category_probabilities(embeddings).argmax(axis=1)]

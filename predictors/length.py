@@ -8,6 +8,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.utils.validation import check_is_fitted
 
 MIN_KNOWN_LENGTHS = 50
+DEFAULT_OUTPUT_TOKENS = 256.0  # the output length assumed where neither the data nor the registry gives one
 
 
 class OutputLengthPredictor(BaseEstimator):
@@ -18,21 +19,21 @@ class OutputLengthPredictor(BaseEstimator):
     not the mean, and it left predicted costs 20-25% low, so a budget calibrated on
     them overspent.
 
-    Where the data knows too few of this model's output lengths it predicts a constant:
-    the median of the lengths it does know, else ``fallback_tokens`` (the registry's
-    default length, or the pool's typical length).
+    Where the data knows too few of this model's output lengths it predicts a constant,
+    ``default_output_tokens_``: the median of the lengths it does know, else the
+    ``default_output_tokens`` it was given (the registry's, or the pool's typical length).
     """
 
     def __init__(
         self,
-        fallback_tokens: float = 256.0,
+        default_output_tokens: float = DEFAULT_OUTPUT_TOKENS,
         n_estimators: int = 100,
         learning_rate: float = 0.05,
         num_leaves: int = 15,
         min_child_samples: int = 50,
         random_state: int = 0,
     ) -> None:
-        self.fallback_tokens = fallback_tokens
+        self.default_output_tokens = default_output_tokens
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -47,7 +48,9 @@ class OutputLengthPredictor(BaseEstimator):
         output_tokens = np.asarray(output_tokens, dtype=np.float64)
         known = np.isfinite(output_tokens) & (output_tokens >= 0)
         self.n_known_ = int(known.sum())
-        self.typical_tokens_ = float(np.median(output_tokens[known])) if self.n_known_ else float(self.fallback_tokens)
+        self.default_output_tokens_ = (
+            float(np.median(output_tokens[known])) if self.n_known_ else float(self.default_output_tokens)
+        )
         self.model_ = None
         self.smearing_ = 1.0
         if self.n_known_ >= MIN_KNOWN_LENGTHS:
@@ -70,8 +73,8 @@ class OutputLengthPredictor(BaseEstimator):
         return self
 
     def predict(self, X: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "typical_tokens_")
+        check_is_fitted(self, "default_output_tokens_")
         if self.model_ is None:
-            return np.full(len(X), self.typical_tokens_)
+            return np.full(len(X), self.default_output_tokens_)
         log_tokens = self.model_.booster_.predict(self._inputs(X, input_tokens))  # the booster: no per-call wrapper overhead
         return (np.exp(log_tokens) * self.smearing_ - 1.0).clip(min=1.0)

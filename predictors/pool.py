@@ -5,7 +5,9 @@ Used identically by ``erp fit``, ``erp route``, the SDK, the proxy and the simul
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import uuid
+from pathlib import Path
+from typing import Mapping, NamedTuple
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -13,266 +15,146 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from predictors.featurizer import FeatureLayout, PromptFeaturizer
-from predictors.length import OutputLengthPredictor
-from predictors.reward import make_reward_head
+from predictors import artifacts
+from predictors.featurizer import PromptFeaturizer
+from predictors.model import ModelPredictor
+from predictors.training import TrainingSet
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
+class PoolPrediction(NamedTuple):
+    """Expected rewards and output tokens, each (prompts, models) with models in the order asked for."""
+
+    rewards: np.ndarray
+    output_tokens: np.ndarray
 
 
-class ModelPredictor(BaseEstimator):
-    """One model's expected reward and output length, read off the shared prompt features.
+class PoolPredictor(BaseEstimator):
+    """Shared featurizer + one ``ModelPredictor`` per model, under the scikit-learn estimator contract.
 
-    Features follow the featurizer's ``layout``: one block per featurizer member, each
-    a prompt vector, category and source probabilities and cluster one-hot columns.
-    From each group (category, source, cluster) the predictor keeps this model's own
-    mean reward per group (shrunk toward its overall mean) and adds the prior
-    sum_g membership(g) * mean reward(g) as a feature: category best average made soft
-    and available from text alone, and the same at finer grains. It fits one reward
-    head per member block (seeded like the member); the backend is chosen once, on the
-    first block, and reused for the others.
-
-    The expected reward is the equal-weight mean of up to four estimates (``predict_parts``):
-    the heads' mean, the category mixture (sum_c P(c | text) * this model's mean reward
-    in c), the same mixture over sources where the data has them, and, given the prompt's
-    nearest reference prompts, this model's mean reward on them. Over three seeds the
-    mean routed better than the heads alone (benchmarks/RESULTS.md, *The parts of the
-    expected reward*): the smoother estimates, built from the same labels and neighbours
-    for every model, make the differences between models less noisy. Without a layout the
-    features are one block of dense columns and there is no reference set.
+    ``fit`` learns the featurizer on every model's rewards, then each model's predictor on its
+    features; ``add_model`` fits one more model's predictor on the frozen featurizer, leaving the
+    others untouched. Learned state: ``featurizer_``, ``model_predictors_`` (name -> ModelPredictor),
+    ``default_output_tokens_`` (the length assumed for a model the data knows no lengths of and the
+    training set states none for), ``featurizer_id_`` (ties model files to their shared file),
+    ``dataset_`` and, after ``load``, ``calibrated_lambda_`` (the budget-mode lambda saved with it).
+    ``encoder`` names the encoder whose embeddings it reads; ``load`` refuses another.
     """
 
     def __init__(
         self,
+        encoder: str = "minilm",
         backend: str = "auto",
-        fallback_tokens: float = 256.0,
-        layout: FeatureLayout | None = None,
-        shrinkage: float = 10.0,
+        n_members: int = 5,
+        n_jobs: int = 2,
         random_state: int = 0,
+        progress: bool = False,
     ) -> None:
+        self.encoder = encoder
         self.backend = backend
-        self.fallback_tokens = fallback_tokens
-        self.layout = layout
-        self.shrinkage = shrinkage
+        self.n_members = n_members
+        self.n_jobs = n_jobs
         self.random_state = random_state
+        self.progress = progress
 
-    def _group_means(self, block: np.ndarray, rewards: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-        overall = np.average(rewards, weights=weights)
-        means = {}
-        for name, group in self.layout_.groups(block).items():
-            membership = group * weights[:, None]
-            means[name] = (membership.T @ rewards + self.shrinkage * overall) / (membership.sum(axis=0) + self.shrinkage)
-        return means
-
-    def _mixtures(self, block: np.ndarray, group_means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """sum_g membership(g) * this model's mean reward in g, per group kind: the heads' priors and the mixture estimates."""
-        return {name: group @ group_means[name] for name, group in self.layout_.groups(block).items()}
-
-    def _reward_inputs(self, block: np.ndarray, input_tokens: np.ndarray, mixtures: dict[str, np.ndarray]) -> np.ndarray:
-        priors = [_logit(mixture)[:, None] for mixture in mixtures.values()]
-        log_tokens = np.log1p(np.asarray(input_tokens, dtype=np.float64))[:, None]
-        return np.hstack([self.layout_.dense(block), log_tokens, *priors])
-
-    def fit(
-        self,
-        features: np.ndarray,
-        input_tokens: np.ndarray,
-        rewards: np.ndarray,
-        weights: np.ndarray,
-        output_tokens: np.ndarray,
-        reference_rows: np.ndarray | None = None,
-    ) -> "ModelPredictor":
-        """reference_rows: each prompt's row in the featurizer's reference set (-1 where none), for the local estimate."""
-        observed = weights > 0
-        if not observed.any():
-            raise ValueError("no outcomes to fit on: every prompt has zero samples for this model")
-        self.layout_ = self.layout or FeatureLayout(n_members=1, rank=features.shape[1], n_categories=0, n_clusters=0)
-        self.reference_rewards_ = self._reference_rewards(reference_rows, rewards, weights)
-        has_reference = self.reference_rewards_ is not None and np.isfinite(self.reference_rewards_).any()
-        self.reference_mean_ = float(np.nanmean(self.reference_rewards_)) if has_reference else None
-        blocks = self.layout_.members(features[observed])
-        y, w, tokens = rewards[observed], weights[observed], input_tokens[observed]
-        self.group_means_ = [self._group_means(block, y, w) for block in blocks]
-        self.reward_heads_ = []
-        backend = self.backend
-        for seed, (block, means) in enumerate(zip(blocks, self.group_means_), start=self.random_state):
-            head = make_reward_head(backend, seed).fit(self._reward_inputs(block, tokens, self._mixtures(block, means)), y, w)
-            self.reward_heads_.append(head)
-            backend = head.backend_
-        self.length_head_ = OutputLengthPredictor(self.fallback_tokens, random_state=self.random_state).fit(
-            self.layout_.without_sources(self.layout_.members(features)[0]), input_tokens, output_tokens
-        )
+    def fit(self, training: TrainingSet) -> "PoolPredictor":
+        """Fit the shared featurizer on every model's rewards, then each model's own predictor."""
+        self.featurizer_ = PromptFeaturizer(
+            n_members=self.n_members, n_jobs=self.n_jobs, random_state=self.random_state
+        ).fit(training.embeddings, training.rewards, training.weights, training.categories, training.sources)
+        self.featurizer_id_ = uuid.uuid4().hex
+        self.dataset_ = training.source
+        self.calibrated_lambda_ = None
+        self.default_output_tokens_ = training.median_output_tokens()
+        reference_rows = np.arange(len(training))  # the reference set is the featurizer's training prompts, in order
+        self.model_predictors_ = self._fit_model_predictors(training, reference_rows, self.n_jobs)
         return self
 
-    def _reference_rewards(self, reference_rows: np.ndarray | None, rewards: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
-        """This model's mean reward on each reference prompt; NaN where it has no outcome there."""
-        if reference_rows is None or not self.layout_.n_reference:
-            return None
-        reference_rows = np.asarray(reference_rows)
-        known = (weights > 0) & (reference_rows >= 0)
-        rows = reference_rows[known]
-        total, count = np.zeros(self.layout_.n_reference), np.zeros(self.layout_.n_reference)
-        np.add.at(total, rows, weights[known] * rewards[known])
-        np.add.at(count, rows, weights[known])
-        return np.divide(total, count, out=np.full(len(total), np.nan), where=count > 0)
+    def add_model(self, name: str, training: TrainingSet) -> "PoolPredictor":
+        """Fit (or refit) only ``name``'s predictor, from its column of ``training``, on the frozen featurizer."""
+        check_is_fitted(self, "featurizer_")
+        reference_rows = self.featurizer_.reference_rows(training.embeddings)
+        self.model_predictors_.update(self._fit_model_predictors(training.select([name]), reference_rows, n_jobs=1))
+        return self
 
-    @property
-    def selected_backend(self) -> str:
-        check_is_fitted(self, "reward_heads_")
-        return self.reward_heads_[0].backend_
+    def _fit_model_predictors(
+        self, training: TrainingSet, reference_rows: np.ndarray, n_jobs: int
+    ) -> dict[str, ModelPredictor]:
+        """Each model's predictor, fitted independently (one column each) in parallel.
 
-    @property
-    def cv_log_loss(self) -> dict[str, float]:
-        """The backend selection's cross-validated log-loss per candidate (empty when the backend was forced)."""
-        check_is_fitted(self, "reward_heads_")
-        return self.reward_heads_[0].cv_log_loss_
-
-    def predict_parts(
-        self, features: np.ndarray, input_tokens: np.ndarray, neighbors: np.ndarray | None = None
-    ) -> dict[str, np.ndarray]:
-        """The estimates whose mean is the expected reward: 'heads', 'category' and 'source' (with those labels), 'neighbors'.
-
-        The neighbour estimate needs neighbours and outcomes on at least one reference prompt; a model
-        that joined with outcomes on other prompts only has none, rather than a copy of its heads.
+        The shared arrays go to the workers as arguments, so joblib memory-maps them once
+        instead of pickling them into every task.
         """
-        check_is_fitted(self, "reward_heads_")
-        blocks = self.layout_.members(features)
-        mixtures = [self._mixtures(block, means) for block, means in zip(blocks, self.group_means_)]
-        parts = {
-            "heads": np.mean(
-                [
-                    head.predict(self._reward_inputs(block, input_tokens, mixture))
-                    for head, block, mixture in zip(self.reward_heads_, blocks, mixtures)
-                ],
-                axis=0,
+        features = self.featurizer_.transform(training.embeddings)
+        layout = self.featurizer_.layout
+        defaults = [float(training.default_output_tokens.get(m) or self.default_output_tokens_) for m in training.models]
+        jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(ModelPredictor(self.backend, defaults[j], layout, random_state=self.random_state).fit)(
+                features,
+                training.input_tokens,
+                training.rewards[:, j],
+                training.weights[:, j],
+                training.output_tokens[:, j],
+                reference_rows,
             )
-        }
-        for label in ("category", "source"):
-            if label in mixtures[0]:
-                parts[label] = np.mean([mixture[label] for mixture in mixtures], axis=0)
-        if neighbors is not None and self.reference_mean_ is not None:
-            local = self.reference_rewards_[neighbors]
-            seen = np.isfinite(local)
-            counts = seen.sum(axis=1)
-            parts["neighbors"] = np.where(
-                counts > 0, np.where(seen, local, 0.0).sum(axis=1) / np.maximum(counts, 1), self.reference_mean_
-            )
-        return parts
-
-    def predict_reward(self, features: np.ndarray, input_tokens: np.ndarray, neighbors: np.ndarray | None = None) -> np.ndarray:
-        return np.mean(list(self.predict_parts(features, input_tokens, neighbors).values()), axis=0)
-
-    def predict_output_tokens(self, features: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "length_head_")
-        return self.length_head_.predict(self.layout_.without_sources(self.layout_.members(features)[0]), input_tokens)
-
-
-@dataclass
-class PoolPredictor:
-    """Shared featurizer + per-model predictors; predicts (prompts, models) matrices."""
-
-    featurizer: PromptFeaturizer
-    heads: dict[str, ModelPredictor] = field(default_factory=dict)
+            for j in range(len(training.models))
+        )
+        fitted = tqdm(jobs, total=len(training.models), desc="fitting model predictors", disable=not self.progress, leave=False)
+        return dict(zip(training.models, fitted))
 
     def _featurize(self, embeddings: np.ndarray, models: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        missing = [m for m in models if m not in self.heads]
+        check_is_fitted(self, "model_predictors_")
+        missing = [m for m in models if m not in self.model_predictors_]
         if missing:
             raise KeyError(f"no fitted predictor for model(s) {', '.join(missing)}")
-        return self.featurizer.transform(embeddings), self.featurizer.neighbors(embeddings)
+        return self.featurizer_.transform(embeddings), self.featurizer_.neighbors(embeddings)
 
-    def predict(
-        self, embeddings: np.ndarray, input_tokens: np.ndarray, models: list[str]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Expected rewards and output tokens, each of shape (prompts, len(models))."""
+    def predict(self, embeddings: np.ndarray, input_tokens: np.ndarray, models: list[str]) -> PoolPrediction:
+        """Every listed model's expected reward and output tokens on these prompts."""
         features, neighbors = self._featurize(embeddings, models)
-        rewards = np.column_stack([self.heads[m].predict_reward(features, input_tokens, neighbors) for m in models])
-        tokens = np.column_stack([self.heads[m].predict_output_tokens(features, input_tokens) for m in models])
-        return rewards, tokens
+        predictors = [self.model_predictors_[m] for m in models]
+        rewards = np.column_stack([p.predict_reward(features, input_tokens, neighbors) for p in predictors])
+        tokens = np.column_stack([p.predict_output_tokens(features, input_tokens) for p in predictors])
+        return PoolPrediction(rewards, tokens)
 
     def predict_parts(self, embeddings: np.ndarray, input_tokens: np.ndarray, models: list[str]) -> dict[str, np.ndarray]:
         """Each part of the expected reward as (prompts, len(models)), NaN for a model without that part: for ablations."""
         features, neighbors = self._featurize(embeddings, models)
-        per_model = [self.heads[m].predict_parts(features, input_tokens, neighbors) for m in models]
+        per_model = [self.model_predictors_[m].predict_parts(features, input_tokens, neighbors) for m in models]
         names = dict.fromkeys(name for parts in per_model for name in parts)
         absent = np.full(len(features), np.nan)
         return {name: np.column_stack([parts.get(name, absent) for parts in per_model]) for name in names}
 
+    def model_default_output_tokens(self, models: list[str]) -> np.ndarray:
+        """Each model's assumed output length where a length is unknown (its fitted length predictor's default)."""
+        check_is_fitted(self, "model_predictors_")
+        return np.array([self.model_predictors_[m].default_output_tokens_ for m in models])
 
-def typical_output_tokens(output_tokens: np.ndarray, default: float = 256.0) -> float:
-    """The pool's typical output length: the fallback for models whose lengths are unknown."""
-    known = output_tokens[np.isfinite(output_tokens)]
-    return float(np.median(known)) if known.size else default
+    def save(
+        self, model_paths: Mapping[str, Path], shared_path: Path | None = None, calibrated_lambda: float | None = None
+    ) -> None:
+        """Write each named model's predictor file and, given ``shared_path``, the shared file; each write is atomic.
 
+        Writing only a model's file (no ``shared_path``) is how a model joins: no other file changes.
+        """
+        check_is_fitted(self, "model_predictors_")
+        for name, path in model_paths.items():
+            artifacts.save(artifacts.ModelArtifact(name, self.model_predictors_[name], self.featurizer_id_), path)
+        if shared_path is not None:
+            shared = artifacts.SharedArtifact(
+                self.featurizer_, self.encoder, self.featurizer_id_, self.default_output_tokens_, self.dataset_, calibrated_lambda
+            )
+            artifacts.save(shared, shared_path)
 
-def fit_model_predictors(
-    features: np.ndarray,
-    input_tokens: np.ndarray,
-    rewards: np.ndarray,
-    weights: np.ndarray,
-    output_tokens: np.ndarray,
-    models: list[str],
-    fallback_tokens: list[float],
-    layout: FeatureLayout,
-    reference_rows: np.ndarray | None = None,
-    backend: str = "auto",
-    random_state: int = 0,
-    n_jobs: int = 2,
-    progress: bool = False,
-) -> dict[str, ModelPredictor]:
-    """Fit each model's predictor independently (columns of the matrices), in parallel.
-
-    The shared arrays go to the workers as arguments, so joblib memory-maps them once
-    instead of pickling them into every task.
-    """
-    jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(ModelPredictor(backend, fallback_tokens[j], layout, random_state=random_state).fit)(
-            features, input_tokens, rewards[:, j], weights[:, j], output_tokens[:, j], reference_rows
-        )
-        for j in range(len(models))
-    )
-    fitted = list(tqdm(jobs, total=len(models), desc="fitting model predictors", disable=not progress, leave=False))
-    return dict(zip(models, fitted))
-
-
-def fit_pool(
-    embeddings: np.ndarray,
-    input_tokens: np.ndarray,
-    rewards: np.ndarray,
-    weights: np.ndarray,
-    output_tokens: np.ndarray,
-    models: list[str],
-    categories: np.ndarray | None = None,
-    sources: np.ndarray | None = None,
-    fallback_tokens: list[float | None] | None = None,
-    backend: str = "auto",
-    random_state: int = 0,
-    n_jobs: int = 2,
-    progress: bool = False,
-    n_members: int = 5,
-) -> PoolPredictor:
-    """Fit the shared featurizer on every model's rewards, then each model's own predictor."""
-    featurizer = PromptFeaturizer(n_members=n_members, n_jobs=n_jobs, random_state=random_state).fit(
-        embeddings, rewards, weights, categories, sources
-    )
-    typical = typical_output_tokens(output_tokens)
-    fallbacks = [typical if f is None else float(f) for f in (fallback_tokens or [None] * len(models))]
-    features = featurizer.transform(embeddings)
-    heads = fit_model_predictors(
-        features,
-        input_tokens,
-        rewards,
-        weights,
-        output_tokens,
-        models,
-        fallbacks,
-        featurizer.layout,
-        np.arange(len(embeddings)),  # the reference set is the featurizer's training prompts, in order
-        backend,
-        random_state,
-        n_jobs,
-        progress,
-    )
-    return PoolPredictor(featurizer, heads)
+    @classmethod
+    def load(cls, shared_path: Path, model_paths: Mapping[str, Path], encoder: str) -> "PoolPredictor":
+        """The pool saved at ``shared_path`` with the named models' predictors; ArtifactError for a missing,
+        damaged or outdated file, a model file of another featurizer, or a pool fitted for another encoder."""
+        shared = artifacts.load_shared(shared_path, encoder)
+        pool = cls(encoder=shared.encoder)
+        pool.featurizer_ = shared.featurizer
+        pool.featurizer_id_ = shared.featurizer_id
+        pool.default_output_tokens_ = shared.default_output_tokens
+        pool.dataset_ = shared.dataset
+        pool.calibrated_lambda_ = shared.calibrated_lambda
+        pool.model_predictors_ = {name: artifacts.load_model(path, shared).predictor for name, path in model_paths.items()}
+        return pool

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.special import expit
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from predictors.torch_utils import seeded_generator, torch_threads
+from predictors.torch_utils import seeded_generator, torch_threads, train_with_early_stopping, validation_split
 
 EPS = 1e-6
 
@@ -99,9 +99,7 @@ class MLPRewardHead(BaseEstimator):
         x = torch.as_tensor(np.asarray(X, dtype=np.float32))
         t = torch.as_tensor(np.asarray(y, dtype=np.float32))
         w = torch.as_tensor(_weights(y, sample_weight).astype(np.float32))
-        order = torch.randperm(len(x), generator=seeded_generator(self.random_state))
-        n_val = max(1, len(x) // 10)
-        val, train = order[:n_val], order[n_val:]
+        val, train = validation_split(len(x), seeded_generator(self.random_state))
         with torch_threads(1):
             torch.manual_seed(self.random_state)
             net = nn.Sequential(nn.Linear(x.shape[1], self.hidden), nn.GELU(), nn.Linear(self.hidden, 1))
@@ -112,21 +110,14 @@ class MLPRewardHead(BaseEstimator):
                 losses = nn.functional.binary_cross_entropy_with_logits(logits, t[rows], reduction="none")
                 return (losses * w[rows]).sum() / w[rows].sum()
 
-            best, best_state, stale = np.inf, None, 0
-            for _ in range(self.max_epochs):
+            def run_epoch() -> None:  # one full-batch step
                 optimizer.zero_grad()
                 loss_on(train).backward()
                 optimizer.step()
-                with torch.no_grad():
-                    val_loss = loss_on(val).item()
-                if val_loss < best - 1e-6:
-                    best, best_state, stale = val_loss, {k: v.clone() for k, v in net.state_dict().items()}, 0
-                else:
-                    stale += 1
-                    if stale >= self.patience:
-                        break
-            net.load_state_dict(best_state)
-        self.net_ = net.eval()
+
+            self.net_ = train_with_early_stopping(
+                net, run_epoch, lambda: loss_on(val).item(), self.max_epochs, self.patience, min_delta=1e-6
+            )
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

@@ -51,9 +51,13 @@ def _route(args: argparse.Namespace) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from benchmarks.run import run_simulate
+    from router.simulation.folds import SimulationConfig
+    from router.simulation.run import run_simulate
 
-    run_simulate(args)
+    config = SimulationConfig(
+        folds=args.folds, seed=args.seed, backend=args.backend, encoder=args.encoder, holdout_model=args.holdout_model
+    )
+    run_simulate(Path(args.data), Path(args.out), config)
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -88,6 +92,10 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from predictors.embedding import ENCODER_NAMES
+    from predictors.reward import CANDIDATES
+
+    backends = ["auto", *CANDIDATES]
     parser = argparse.ArgumentParser(prog="erp", description="Expected-reward LLM router.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -95,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data", required=True, help="routing dataset folder")
     fit.add_argument("--registry", default=DEFAULT_REGISTRY)
     fit.add_argument("--model", help="fit only this model's predictor on the frozen shared featurizer")
-    fit.add_argument("--backend", default="auto", choices=["auto", "linear", "mlp", "lightgbm", "blend"])
+    fit.add_argument("--backend", default="auto", choices=backends)
     fit.add_argument("--seed", type=int, default=0)
     fit.set_defaults(handler=_fit)
 
@@ -112,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", required=True, help="folder for report.json, frontier.png and results.md")
     simulate.add_argument("--folds", type=int, default=5)
     simulate.add_argument("--seed", type=int, default=0)
-    simulate.add_argument("--backend", default="auto", choices=["auto", "linear", "mlp", "lightgbm", "blend"])
-    simulate.add_argument("--encoder", default="minilm", choices=["minilm", "minilm-static", "minilm+static"])
+    simulate.add_argument("--backend", default="auto", choices=backends)
+    simulate.add_argument("--encoder", default="minilm", choices=ENCODER_NAMES)
     simulate.add_argument("--holdout-model", help="fit the pool without this model, then add it with one head fit")
     simulate.set_defaults(handler=_simulate)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from predictors import artifacts
 from predictors.dataset import CHARS_PER_TOKEN
 from predictors.embedding import Encoder
 from predictors.pool import PoolPredictor
@@ -61,24 +60,16 @@ class RoutingEngine:
     @classmethod
     def from_registry(cls, path: str | Path, cache_dir: Path | None = None) -> "RoutingEngine":
         registry = load_registry(path, require_artifacts=True)
-        shared = artifacts.load_shared(registry.path_of(registry.shared_predictor))
-        if shared.encoder != registry.embedding:
-            raise RegistryError(
-                f"{registry.source}: key 'embedding' is {registry.embedding!r} but the shared predictor was fitted "
-                f"with {shared.encoder!r}; fix: run `erp fit --data DIR` again"
-            )
-        heads = {
-            m.name: artifacts.load_model(registry.path_of(m.predictor), shared).predictor for m in registry.enabled
-        }
+        model_paths = {m.name: registry.path_of(m.predictor) for m in registry.enabled}
+        pool = PoolPredictor.load(registry.path_of(registry.shared_predictor), model_paths, registry.embedding)
         default_lambda = registry.policy.lambda_
         if registry.policy.target_mean_cost_usd is not None:
-            if shared.calibrated_lambda is None:
+            if pool.calibrated_lambda_ is None:
                 raise RegistryError(
                     f"{registry.source}: key 'policy.target_mean_cost_usd' is set but no lambda was calibrated for it; "
                     "fix: run `erp fit --data DIR` again"
                 )
-            default_lambda = shared.calibrated_lambda
-        pool = PoolPredictor(shared.featurizer, heads)
+            default_lambda = pool.calibrated_lambda_
         encoder = Encoder(registry.embedding, cache_dir, disk_cache=False).load()
         return cls(registry, encoder, pool, default_lambda)
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmarks.report import Report
+from router.simulation.report import Report
 from router.cli import main
 from conftest import REGISTRY_MODELS, registry_document
 

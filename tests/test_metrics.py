@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.metrics import (
-    Reference,
+from router.simulation.metrics import (
+    ReferencePoints,
     apgr,
     cost_to_match_best,
     expected_calibration_error,
@@ -10,7 +10,7 @@ from benchmarks.metrics import (
     reward_at_best_cost,
 )
 
-REF = Reference(cheapest_cost=1.0, cheapest_reward=0.4, best_cost=10.0, best_reward=0.8)
+REF = ReferencePoints(cheapest_cost=1.0, cheapest_reward=0.4, best_cost=10.0, best_reward=0.8)
 
 
 def test_cheapest_model_alone_has_apgr_zero():

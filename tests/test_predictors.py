@@ -3,12 +3,14 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from benchmarks import baselines
 from predictors import artifacts
 from predictors.featurizer import FeatureLayout, PromptFeaturizer
 from predictors.length import OutputLengthPredictor
-from predictors.pool import ModelPredictor, fit_pool
+from predictors.model import ModelPredictor
+from predictors.pool import PoolPredictor
 from predictors.reward import AutoRewardHead, BlendRewardHead, LightGBMRewardHead, LinearRewardHead, MLPRewardHead, weighted_log_loss
+from predictors.training import TrainingSet
+from router.simulation import baselines
 
 
 def planted_rewards(rng, n=3000, d=8):
@@ -69,10 +71,15 @@ def test_length_predictor_learns_lengths_and_falls_back_where_unknown(rng):
     assert np.corrcoef(np.log(predicted), np.log(tokens[600:]))[0, 1] > 0.7
     expected = np.exp(4 + X[600:, 0] + 0.8**2 / 2)  # E[tokens | prompt] of a log-normal; its median is 0.73 of this
     assert abs(predicted.mean() / expected.mean() - 1) < 0.1
-    unknown = OutputLengthPredictor(fallback_tokens=321).fit(X, input_tokens, np.full(1000, np.nan))
+    unknown = OutputLengthPredictor(default_output_tokens=321).fit(X, input_tokens, np.full(1000, np.nan))
     assert unknown.predict(X[:3], input_tokens[:3]).tolist() == [321, 321, 321]
-    few = OutputLengthPredictor(fallback_tokens=321).fit(X, input_tokens, np.r_[np.full(10, 80.0), np.full(990, np.nan)])
+    few = OutputLengthPredictor(default_output_tokens=321).fit(X, input_tokens, np.r_[np.full(10, 80.0), np.full(990, np.nan)])
     assert few.predict(X[:2], input_tokens[:2]).tolist() == [80, 80]
+
+
+def fit_pool(embeddings, input_tokens, rewards, weights, output_tokens, models, categories=None, sources=None, backend="auto", n_jobs=2) -> PoolPredictor:
+    training = TrainingSet(embeddings, input_tokens, rewards, weights, output_tokens, models, categories, sources)
+    return PoolPredictor(backend=backend, n_jobs=n_jobs).fit(training)
 
 
 def pool_data(rng, n=1500, m=5, d=16):
@@ -94,7 +101,9 @@ def test_featurizer_shares_difficulty_and_category_across_models(rng):
     assert features.shape == (300, 5 * (8 + 2 + featurizer.n_clusters))
     first, second, *_ = featurizer.layout.members(features)
     assert not np.allclose(first[:, :8], second[:, :8])  # each member trains from its own seed
-    assert (featurizer.predict_category(emb[1200:]) == categories[1200:]).mean() > 0.9
+    layout = featurizer.layout
+    probabilities = np.mean([layout.categories(block) for block in layout.members(features)], axis=0)
+    assert (featurizer.categories_[probabilities.argmax(axis=1)] == categories[1200:]).mean() > 0.9
     train_features, tokens = featurizer.transform(emb[:1200]), np.full(1200, 100.0)
     heads = [
         ModelPredictor("linear", layout=featurizer.layout).fit(train_features, tokens, rewards[:1200, j], np.ones(1200), tokens)
@@ -111,12 +120,12 @@ def test_sources_that_refine_the_categories_give_a_source_mixture(rng):
     rewards[:, 0] = (rng.uniform(size=1200) < np.where(half == "x", 0.9, 0.1)).astype(float)  # m0 depends on the source only
     tokens = np.full(1200, 100.0)
     pool = fit_pool(emb[:900], tokens[:900], rewards[:900], np.ones((900, 5)), np.full((900, 5), np.nan), [f"m{j}" for j in range(5)], categories[:900], sources[:900], backend="linear")
-    layout = pool.featurizer.layout
-    assert layout.n_sources == 4 and list(pool.featurizer.sources_) == ["ax", "ay", "bx", "by"]
-    features, neighbors = pool.featurizer.transform(emb[900:]), pool.featurizer.neighbors(emb[900:])
+    layout = pool.featurizer_.layout
+    assert layout.n_sources == 4 and list(pool.featurizer_.sources_) == ["ax", "ay", "bx", "by"]
+    features, neighbors = pool.featurizer_.transform(emb[900:]), pool.featurizer_.neighbors(emb[900:])
     probabilities = layout.groups(layout.members(features)[0])["source"]
-    assert (pool.featurizer.sources_[probabilities.argmax(axis=1)] == sources[900:]).mean() > 0.9
-    parts = pool.heads["m0"].predict_parts(features, tokens[900:], neighbors)
+    assert (pool.featurizer_.sources_[probabilities.argmax(axis=1)] == sources[900:]).mean() > 0.9
+    parts = pool.model_predictors_["m0"].predict_parts(features, tokens[900:], neighbors)
     assert set(parts) == {"heads", "category", "source", "neighbors"}
     assert np.corrcoef(parts["source"], half[900:] == "x")[0, 1] > 0.9  # the category mixture cannot see this
     assert abs(np.corrcoef(parts["category"], half[900:] == "x")[0, 1]) < 0.3
@@ -133,21 +142,43 @@ def test_pool_predictor_round_trips_through_artifacts(tmp_path, rng):
     tokens = np.exp(rng.normal(5, 0.5, size=rewards.shape))
     models = [f"m{j}" for j in range(rewards.shape[1])]
     pool = fit_pool(emb, np.full(600, 100.0), rewards, np.ones_like(rewards), tokens, models, categories, backend="linear", n_jobs=1)
-    shared = artifacts.SharedArtifact(pool.featurizer, "minilm-static", "id-1", 150.0, "planted")
+    shared = artifacts.SharedArtifact(pool.featurizer_, "minilm-static", "id-1", 150.0, "planted")
     artifacts.save(shared, tmp_path / "shared.joblib")
-    artifacts.save(artifacts.ModelArtifact("m0", pool.heads["m0"], "id-1"), tmp_path / "m0.joblib")
+    artifacts.save(artifacts.ModelArtifact("m0", pool.model_predictors_["m0"], "id-1"), tmp_path / "m0.joblib")
     loaded_shared = artifacts.load_shared(tmp_path / "shared.joblib")
     loaded = artifacts.load_model(tmp_path / "m0.joblib", loaded_shared).predictor
-    features = pool.featurizer.transform(emb[:5])
+    features = pool.featurizer_.transform(emb[:5])
     tokens5 = np.full(5, 100.0)
-    expected = pool.heads["m0"].predict_reward(features, tokens5)
+    expected = pool.model_predictors_["m0"].predict_reward(features, tokens5)
     assert loaded.predict_reward(loaded_shared.featurizer.transform(emb[:5]), tokens5) == pytest.approx(expected)
-    other = artifacts.SharedArtifact(pool.featurizer, "minilm-static", "id-2", 150.0, "planted")
+    other = artifacts.SharedArtifact(pool.featurizer_, "minilm-static", "id-2", 150.0, "planted")
     with pytest.raises(artifacts.ArtifactError, match="another shared featurizer"):
         artifacts.load_model(tmp_path / "m0.joblib", other)
     (tmp_path / "broken.joblib").write_bytes(b"not a pickle")
     with pytest.raises(artifacts.ArtifactError, match="cannot be read"):
         artifacts.load_shared(tmp_path / "broken.joblib")
+
+
+def test_pool_saves_and_loads_through_one_api_and_adds_a_model_with_the_pools_default_length(tmp_path, rng):
+    emb, rewards, categories, _ = pool_data(rng, n=600)
+    tokens = np.full(rewards.shape, np.nan)
+    tokens[:, :4] = 200.0  # m4's lengths are unknown
+    training = TrainingSet(emb, np.full(600, 100.0), rewards, np.ones_like(rewards), tokens, [f"m{j}" for j in range(5)], categories)
+    pool = PoolPredictor("minilm-static", backend="linear", n_jobs=1).fit(training.select(["m0", "m1", "m2", "m3"]))
+    assert pool.default_output_tokens_ == 200.0
+    pool.add_model("m4", training)
+    assert pool.model_default_output_tokens(["m0", "m4"]).tolist() == [200.0, 200.0]
+    paths = {name: tmp_path / f"{name}.joblib" for name in ("m0", "m4")}
+    pool.save(paths, tmp_path / "shared.joblib", calibrated_lambda=3.0)
+    loaded = PoolPredictor.load(tmp_path / "shared.joblib", paths, "minilm-static")
+    assert loaded.calibrated_lambda_ == 3.0 and loaded.default_output_tokens_ == 200.0
+    expected = pool.predict(emb[:5], np.full(5, 100.0), ["m0", "m4"])
+    actual = loaded.predict(emb[:5], np.full(5, 100.0), ["m0", "m4"])
+    assert actual.rewards == pytest.approx(expected.rewards) and actual.output_tokens == pytest.approx(expected.output_tokens)
+    with pytest.raises(artifacts.ArtifactError, match="'minilm-static' embeddings, but the registry's embedding is 'minilm'"):
+        PoolPredictor.load(tmp_path / "shared.joblib", paths, "minilm")
+    with pytest.raises(NotFittedError):
+        PoolPredictor().predict(emb[:5], np.full(5, 100.0), ["m0"])
 
 
 def test_model_predictor_averages_one_head_per_member_with_the_backend_chosen_once(rng):
@@ -177,10 +208,10 @@ def test_model_predictor_averages_one_head_per_member_with_the_backend_chosen_on
 def test_neighbour_estimate_is_the_models_mean_reward_on_the_nearest_reference_prompts(rng):
     emb, rewards, categories, _ = pool_data(rng, n=900)
     pool = fit_pool(emb[:600], np.full(600, 100.0), rewards[:600], np.ones((600, 5)), np.full((600, 5), np.nan), ["m0", "m1", "m2", "m3", "m4"], categories[:600])
-    featurizer = pool.featurizer
+    featurizer = pool.featurizer_
     assert featurizer.reference_rows(emb[[5, 0, 700]]).tolist() == [5, 0, -1]  # reference prompts map to their rows
     features, tokens, neighbors = featurizer.transform(emb[600:]), np.full(300, 100.0), featurizer.neighbors(emb[600:])
-    parts = pool.heads["m1"].predict_parts(features, tokens, neighbors)
+    parts = pool.model_predictors_["m1"].predict_parts(features, tokens, neighbors)
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     knn = baselines.knn_average(unit[:600], rewards[:600], unit[600:], featurizer.n_neighbors)
     assert parts["neighbors"] == pytest.approx(knn[:, 1])
@@ -202,7 +233,7 @@ def test_neighbour_estimate_is_the_models_mean_reward_on_the_nearest_reference_p
     outsider_parts = outsider.predict_parts(features, tokens, neighbors)
     assert set(outsider_parts) == {"heads", "category"}
     assert outsider.predict_reward(features, tokens, neighbors) == pytest.approx((outsider_parts["heads"] + outsider_parts["category"]) / 2)
-    pool.heads["outsider"] = outsider
+    pool.model_predictors_["outsider"] = outsider
     pool_parts = pool.predict_parts(emb[600:], tokens, ["m1", "outsider"])
     assert pool_parts["neighbors"][:, 0] == pytest.approx(parts["neighbors"])
     assert np.isnan(pool_parts["neighbors"][:, 1]).all()

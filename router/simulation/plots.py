@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from benchmarks.report import FrontierPoint, Report  # noqa: E402
+from router.simulation.report import FrontierPoint, Report  # noqa: E402
 
 STYLES = {
     "erp": dict(color="tab:red", linewidth=2.5, label="ERP (ours)"),

@@ -12,7 +12,7 @@ N_BUDGETS = 200
 
 
 @dataclass(frozen=True)
-class Reference:
+class ReferencePoints:
     """The two single models every policy is measured between (on the test prompts)."""
 
     cheapest_cost: float
@@ -21,11 +21,11 @@ class Reference:
     best_reward: float
 
 
-def reference_points(costs: np.ndarray, rewards: np.ndarray) -> Reference:
+def reference_points(costs: np.ndarray, rewards: np.ndarray) -> ReferencePoints:
     """From per-model (mean cost, mean reward): cheapest = lowest cost, best = highest reward."""
     cheapest = int(np.argmin(costs))
     best = int(np.argmax(rewards))
-    return Reference(float(costs[cheapest]), float(rewards[cheapest]), float(costs[best]), float(rewards[best]))
+    return ReferencePoints(float(costs[cheapest]), float(rewards[cheapest]), float(costs[best]), float(rewards[best]))
 
 
 def best_reward_within(costs: np.ndarray, rewards: np.ndarray, budget: float, floor: float) -> float:
@@ -33,7 +33,7 @@ def best_reward_within(costs: np.ndarray, rewards: np.ndarray, budget: float, fl
     return float(affordable.max()) if affordable.size else floor
 
 
-def apgr(costs: np.ndarray, rewards: np.ndarray, ref: Reference, n_budgets: int = N_BUDGETS) -> float:
+def apgr(costs: np.ndarray, rewards: np.ndarray, ref: ReferencePoints, n_budgets: int = N_BUDGETS) -> float:
     """Average performance gap recovered over evenly spaced budgets from the cheapest to the best single model.
 
     At each budget: the best reward among the policy's points that cost at most that
@@ -46,13 +46,13 @@ def apgr(costs: np.ndarray, rewards: np.ndarray, ref: Reference, n_budgets: int 
     return float((np.mean(curve) - ref.cheapest_reward) / gap) if gap > 0 else float("nan")
 
 
-def cost_to_match_best(costs: np.ndarray, rewards: np.ndarray, ref: Reference) -> float | None:
+def cost_to_match_best(costs: np.ndarray, rewards: np.ndarray, ref: ReferencePoints) -> float | None:
     """Lowest mean cost at which the policy reaches the best single model's reward, as a fraction of its cost."""
     matching = costs[rewards >= ref.best_reward - 1e-12]
     return float(matching.min() / ref.best_cost) if matching.size else None
 
 
-def reward_at_best_cost(costs: np.ndarray, rewards: np.ndarray, ref: Reference) -> float:
+def reward_at_best_cost(costs: np.ndarray, rewards: np.ndarray, ref: ReferencePoints) -> float:
     return best_reward_within(costs, rewards, ref.best_cost, ref.cheapest_reward)
 
 

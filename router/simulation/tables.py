@@ -1,23 +1,12 @@
-"""``erp simulate``: validate inputs, run the simulation, print the table, write report.json, results.md and the plot.
-
-Outputs are staged in a temporary folder and moved into --out only when complete.
-"""
+"""The markdown of a simulation report: the policy table, the predictor table, and results.md."""
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.plots import plot_frontiers
-from benchmarks.report import PolicyMetrics, Report
-from benchmarks.simulate import SimulationConfig, simulate
-from predictors.dataset import DatasetError, load_dataset
-
-OUTPUT_FILES = ("report.json", "results.md", "frontier.png")
+from router.simulation.report import PolicyMetrics, Report
 
 
 def _fmt(value: float | None, std: float | None = None, digits: int = 3) -> str:
@@ -89,47 +78,3 @@ def results_markdown(report: Report) -> str:
         f"total {report.timing.total_s:.1f} s."
     )
     return "\n\n".join(parts) + "\n"
-
-
-def _prepare_out(out: Path) -> Path:
-    """Fail before any work if --out cannot be written; return a staging folder beside it."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
-    except OSError as exc:
-        raise DatasetError(f"--out {out}: cannot write there ({exc.strerror}); choose a writable folder") from None
-
-
-def run_simulate(args: argparse.Namespace) -> Report:
-    if args.folds < 2:
-        raise DatasetError(f"--folds {args.folds}: need at least 2 folds")
-    data = load_dataset(args.data)
-    if args.holdout_model and args.holdout_model not in data.models:
-        raise DatasetError(
-            f"--holdout-model {args.holdout_model!r} is not a model of {args.data}; choose one of: {', '.join(data.models)}"
-        )
-    smallest = min(data.prompts["category"].value_counts().min(), len(data.prompts))
-    if len(data.prompts) < 2 * args.folds:
-        raise DatasetError(f"{args.data}: {len(data.prompts)} prompts are too few for {args.folds} folds (smallest category: {smallest})")
-    out = Path(args.out)
-    created = not out.exists()
-    staging = _prepare_out(out)
-    try:
-        config = SimulationConfig(
-            folds=args.folds, seed=args.seed, backend=args.backend, encoder=args.encoder, holdout_model=args.holdout_model
-        )
-        report = simulate(data, config)
-        (staging / "report.json").write_text(report.model_dump_json(indent=2, by_alias=True))
-        (staging / "results.md").write_text(results_markdown(report))
-        plot_frontiers(report, staging / "frontier.png")
-        for name in OUTPUT_FILES:
-            (staging / name).replace(out / name)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
-    print(results_markdown(report))
-    print(f"wrote {', '.join(str(out / n) for n in OUTPUT_FILES)}")
-    return report

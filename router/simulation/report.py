@@ -54,7 +54,9 @@ class PredictorQuality(BaseModel):
     cv_log_loss: dict[str, float] = Field(description="inner cross-validated log-loss per backend, mean over folds")
 
 
-class Reference(BaseModel):
+class ReferenceModels(BaseModel):
+    """The two single models every policy is measured between: the cheapest and the best on average."""
+
     cheapest: str
     best_single: str
 
@@ -82,7 +84,7 @@ class Report(BaseModel):
     seed: int
     encoder: str
     backend: str
-    reference: Reference
+    reference: ReferenceModels
     summary: PolicyMetrics = Field(description="ERP")
     baselines: dict[str, PolicyMetrics]
     single_models: dict[str, SingleModel]
