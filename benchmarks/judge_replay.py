@@ -9,9 +9,9 @@ before disagrees with itself across orders).
 Per seed, each group's pairs are split in half by instruction (MT-Bench's pairs share instructions):
 hybrid thresholds are calibrated on one half at each target slow share, and every choice (which target
 is a policy's operating point, which slow policy is best, which hybrid answers the target) is made on
-that half; accuracy (gold label, an unparsed verdict counting wrong), share escalated and tokens
-(characters / 4 of every call, aux calls once per pair) are measured on the other half, pooled over
-seeds, with 95% bootstrap intervals over pairs.
+that half; accuracy (gold label, an unparsed verdict counting wrong), share escalated at each stage (of
+all pairs: reaching the second stage, then the third) and tokens (characters / 4 of every call, aux calls
+once per pair) are measured on the other half, pooled over seeds, with 95% bootstrap intervals over pairs.
 
     python -m benchmarks.judge_replay --data ../shared/data/judge-replay --seeds 5 \\
         --out benchmarks/results/judge-replay.md --plot benchmarks/results/judge-replay.png
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from predictors.scorers.agreement import AgreementScorer
-from predictors.scorers.base import RewardScorer
+from predictors.scorers.base import RewardScorer, ScoreBatch
 from predictors.scorers.hybrid import HybridScorer
 from predictors.scorers.replay import ReplayJudge, VerdictLog
 
@@ -60,6 +60,11 @@ class Policy:
     judge: str
     build: Callable[[str], RewardScorer]  # tokens counted: "all" or "output"
     deeper: tuple[float, ...] = ()
+
+    @property
+    def stages(self) -> int:
+        """Scorers in the policy's chain: 1 alone, 2 for a hybrid, 3 for a three-stage cascade."""
+        return 1 if self.kind in ("fast", "slow") else 2 + len(self.deeper)
 
 
 def policies(log: VerdictLog, group: Group, judges: list[str]) -> list[Policy]:
@@ -116,6 +121,11 @@ def split_by_instruction(pairs: pd.DataFrame, seed: int) -> tuple[np.ndarray, np
     return mask, ~mask
 
 
+def escalated(batch: ScoreBatch, stages: int) -> dict[str, float]:
+    """Share of the items reaching each stage after the first: {"escalated_1": to stage 2, "escalated_2": ...}."""
+    return {f"escalated_{k}": float((batch.stage >= k).mean()) for k in range(1, stages)}
+
+
 async def run_policy(policy: Policy, target: float | None, cal: list, held: list) -> dict:
     """Calibrate (hybrids) on `cal`, score both halves; correctness is judged by the caller.
 
@@ -126,8 +136,8 @@ async def run_policy(policy: Policy, target: float | None, cal: list, held: list
         await scorer.calibrate(cal, target, policy.deeper)
         await output_only.calibrate(cal, target, policy.deeper)
     on_cal, on_held = await scorer.score(cal), await scorer.score(held)
-    share = float(on_held.slow.mean()) if target is not None else 0.0
-    return {"cal": on_cal, "held": on_held, "share": share, "output": (await output_only.score(held)).tokens}
+    shares = escalated(on_held, policy.stages)
+    return {"cal": on_cal, "held": on_held, "escalated": shares, "output": (await output_only.score(held)).tokens}
 
 
 def hit_key(seed: int, policy: str, target: float | None) -> tuple:
@@ -160,7 +170,8 @@ async def measure(log: VerdictLog, group: Group, seeds: int, judges: list[str]) 
                     "cal_acc": correct(result["cal"].rewards, labels[cal_mask]).mean(),
                     "cal_tokens": result["cal"].tokens / cal_mask.sum(),
                     "acc": held_hits.mean(), "tokens": result["held"].tokens / held_mask.sum(),
-                    "output_tokens": result["output"] / held_mask.sum(), "share": result["share"],
+                    "output_tokens": result["output"] / held_mask.sum(), "stages": policy.stages,
+                    **result["escalated"],
                 })
     return pd.DataFrame(rows), hits
 
@@ -216,12 +227,15 @@ def answers(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def pooled(rows: pd.DataFrame, hits: dict, n_pairs: int) -> dict:
-    """Held-out accuracy pooled over the rows' seeds with its interval, and mean tokens and share."""
+    """Held-out accuracy pooled over the rows' seeds with its interval, mean tokens, and the mean share
+    escalated to each stage the deepest of the rows has (a row with fewer stages escalates none there)."""
     picked = [hits[hit_key(row.seed, row.policy, row.target)] for row in rows.itertuples()]
     accuracy = np.concatenate([p[1] for p in picked]).mean()
     low, high = bootstrap(picked, n_pairs)
-    means = rows[["tokens", "output_tokens", "share"]].mean()
-    return {"acc": accuracy, "low": low, "high": high, **means.to_dict()}
+    means = rows[["tokens", "output_tokens"]].mean()
+    columns = [f"escalated_{k}" for k in range(1, int(rows["stages"].max()))]
+    shares = rows.reindex(columns=columns).fillna(0.0).mean().tolist()
+    return {"acc": accuracy, "low": low, "high": high, **means.to_dict(), "escalated": shares}
 
 
 def signal_table(log: VerdictLog, group: Group, judges: list[str]) -> pd.DataFrame:
@@ -262,6 +276,11 @@ def fmt(stats: dict) -> str:
     return f"{stats['acc']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
 
 
+def fmt_escalated(shares: list[float]) -> str:
+    """"-" for a single scorer; else the share reaching each later stage, e.g. "0.52 > 0.21"."""
+    return " > ".join(f"{share:.2f}" for share in shares) or "-"
+
+
 def group_report(log: VerdictLog, group: Group, seeds: int) -> tuple[str, pd.DataFrame]:
     """The group's markdown section and its (policy, target) curve points for the plot."""
     judges = judges_for(log, group)
@@ -271,25 +290,27 @@ def group_report(log: VerdictLog, group: Group, seeds: int) -> tuple[str, pd.Dat
     picks = answers(rows)
     best = pooled(picks[picks["role"] == "best always-slow"], hits, n_pairs)
     lines = [f"### {group.name} ({n_pairs} pairs; fast = `{group.fast}`, slow = {', '.join(group.slow)})", "",
-             "| chosen on calibration | policies picked (seeds) | held-out acc [95% CI] | escalated | tokens/pair "
+             "| chosen on calibration | policies picked (seeds) | held-out acc [95% CI] | escalated per stage "
+             "| tokens/pair "
              "| tokens vs best slow | output tokens/pair | output vs best slow |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for role, chosen in picks.groupby("role", sort=False):
         stats = pooled(chosen, hits, n_pairs)
         labels = [f"{p} @ {t:g}" if pd.notna(t) else p for p, t in zip(chosen["policy"], chosen["target"])]
         names = "; ".join(f"{name} ({n})" for name, n in pd.Series(labels).value_counts().items())
-        lines.append(f"| {role} | {names} | {fmt(stats)} | {stats['share']:.2f} | {stats['tokens']:.0f} "
+        lines.append(f"| {role} | {names} | {fmt(stats)} | {fmt_escalated(stats['escalated'])} "
+                     f"| {stats['tokens']:.0f} "
                      f"| {stats['tokens'] / best['tokens']:.2f} | {stats['output_tokens']:.0f} "
                      f"| {stats['output_tokens'] / best['output_tokens']:.2f} |")
     lines += ["", "Every policy at its operating point (hybrids: smallest target reaching the best slow policy's "
               "calibration accuracy, else their best):", "",
-              "| policy | target | held-out acc [95% CI] | escalated | tokens/pair | output tokens/pair |",
+              "| policy | target | held-out acc [95% CI] | escalated per stage | tokens/pair | output tokens/pair |",
               "|---|---:|---|---:|---:|---:|"]
     for name, chosen in points.groupby("policy", sort=False):
         stats = pooled(chosen, hits, n_pairs)
         target = f"{chosen['target'].mean():.2f}" if chosen["target"].notna().all() else "-"
-        lines.append(f"| {name} | {target} | {fmt(stats)} | {stats['share']:.2f} | {stats['tokens']:.0f} "
-                     f"| {stats['output_tokens']:.0f} |")
+        lines.append(f"| {name} | {target} | {fmt(stats)} | {fmt_escalated(stats['escalated'])} "
+                     f"| {stats['tokens']:.0f} | {stats['output_tokens']:.0f} |")
     signals = signal_table(log, group, judges)
     lines += ["", "Confidence signals for the fast verdict (one-word, output_1 first), all pairs of the group:", "",
               "| pairs | n | judge | check | passes | acc where it passes | acc where not |",

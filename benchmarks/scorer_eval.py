@@ -1,7 +1,8 @@
 """Scorer benchmark: accuracy and tokens of a hybrid's fast scorer alone, its slow judge alone, and the hybrid.
 
 Input: a labeled JSONL or parquet file with `prompt`, `response` and `label` (0/1, or a reference score in
-[0, 1]); `model` (the pool model that answered, for the ERP check) and `system` are optional. Per method:
+[0, 1]); `model` (the pool model that answered, for the ERP check) and `system` are optional, and
+`alternative` makes an item pairwise (label 1 = `response` is the better one). Per method:
 
 - coverage: share of items scored (a missing score is never counted as 0),
 - accuracy: share of scored items where reward >= 0.5 agrees with label >= 0.5,
@@ -10,7 +11,8 @@ Input: a labeled JSONL or parquet file with `prompt`, `response` and `label` (0/
 - slow share: items the hybrid sent to its slow judge.
 
 `--calibration FILE` (same format; labels unused) first calibrates the hybrid's thresholds to its
-`target_slow_fraction` and saves them to its `thresholds` path. Each method runs as a user would run it,
+`target_slow_fraction` and saves them to its `thresholds` path (a cascade: every stage's, each stage to its
+own entry's target on the items that reach it). Each method runs as a user would run it,
 so a real run pays the fast scorer twice and the slow judge on every item plus once more on the slow share.
 
 Runnable against the stub upstream with synthetic noisy-oracle judges (numbers show the mechanism only):
@@ -68,11 +70,12 @@ def read_items(path: Path, need_labels: bool = True) -> tuple[list[ScoringItem],
     labels = frame["label"].to_numpy(dtype=np.float64) if "label" in frame else np.full(len(frame), np.nan)
     if need_labels and not ((labels >= 0) & (labels <= 1)).all():
         raise EvalError(f"{path}: labels must be 0/1 or reference scores in [0, 1]; fix: rescale them")
-    optional = {column: frame[column] if column in frame else [None] * len(frame) for column in ("model", "system")}
+    columns = ("model", "system", "alternative")
+    optional = {column: frame[column] if column in frame else [None] * len(frame) for column in columns}
     items = [
-        ScoringItem(str(prompt), str(response), model, system)
-        for prompt, response, model, system in zip(
-            frame["prompt"], frame["response"], optional["model"], optional["system"], strict=True
+        ScoringItem(str(prompt), str(response), model, system, alternative)
+        for prompt, response, model, system, alternative in zip(
+            frame["prompt"], frame["response"], *(optional[column] for column in columns), strict=True
         )
     ]
     return items, labels
@@ -117,7 +120,7 @@ def markdown(rows: list[Row], data: Path, calibration: dict) -> str:
 
 async def run(registry_path: Path, name: str, data: Path, calibration_path: Path | None) -> str:
     from router.registry import HybridScorerEntry, load_registry
-    from router.scoring import build_scorer
+    from router.scoring import build_scorer, cascade_targets
 
     registry = load_registry(registry_path)
     entry = registry.scorer(name)
@@ -126,7 +129,8 @@ async def run(registry_path: Path, name: str, data: Path, calibration_path: Path
     hybrid = build_scorer(registry, name, require_calibration=calibration_path is None)
     if calibration_path is not None:
         calibration_items, _ = read_items(calibration_path, need_labels=False)
-        fitted = await hybrid.calibrate(calibration_items, entry.target_slow_fraction)
+        targets = cascade_targets(registry, name)
+        fitted = await hybrid.calibrate(calibration_items, targets[0], targets[1:])
         fitted.save(registry.path_of(entry.thresholds))
     items, labels = read_items(data)
     rows = await compare(hybrid, items, labels)

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from benchmarks.judge_replay import HALF_ROLE, HYBRID_ROLE, answers, main, split_by_instruction
-from conftest import SHARED_DATA
+from benchmarks.judge_replay import (
+    HALF_ROLE,
+    HYBRID_ROLE,
+    answers,
+    escalated,
+    fmt_escalated,
+    hit_key,
+    main,
+    pooled,
+    split_by_instruction,
+)
+from conftest import SHARED_DATA, registry_document
 from predictors.scorers.base import ScoringItem
 from predictors.scorers.hybrid import HybridScorer
 from predictors.scorers.pairwise import order_consistency
 from predictors.scorers.replay import NO_RECORD, UNPARSED, ReplayJudge, VerdictLog
+from router.registry import Registry, RegistryError, load_registry
+from router.scoring import build_scorer, cascade_targets
 
 DATA = SHARED_DATA / "judge-replay"
 SAMPLE = [f"LLMBar/Natural/{i}" for i in range(5)] + ["Processed/MT-Bench/0", "LLMBar/Natural/54"]
@@ -156,3 +170,115 @@ def test_another_judges_agreement_is_a_certainty_with_both_judges_tokens(log, ve
     alone = score(falcon, log.items(ids))
     np.testing.assert_equal(checked.rewards, alone.rewards)
     assert checked.tokens == alone.tokens + score(palm, log.items(ids)).tokens
+
+
+# --- through the registry: replay scorers and a three-stage cascade -----------------------------------
+
+def replay(name: str, judge: str, mode: str, **options) -> dict:
+    return {"name": name, "kind": "replay", "path": str(DATA), "judge": judge, "mode": mode, **options}
+
+
+CASCADE = [
+    replay("falcon", "Falcon", "Vanilla"),
+    replay("gpt4-fast", "GPT-4", "Vanilla"),
+    replay("gpt4-cot", "GPT-4", "CoT", orders=1),
+    {"name": "gpt4", "kind": "hybrid", "fast": "gpt4-fast", "slow": "gpt4-cot", "target_slow_fraction": 0.3,
+     "use_erp": False, "thresholds": "gpt4.json"},
+    {"name": "cascade", "kind": "hybrid", "fast": "falcon", "slow": "gpt4", "target_slow_fraction": 0.6,
+     "use_erp": False, "thresholds": "calibration/cascade.json"},
+]
+STAGE_VERDICTS = {0: ("Falcon", "Vanilla"), 1: ("GPT-4", "Vanilla"), 2: ("GPT-4", "CoT")}
+
+
+def replay_registry(tmp_path, scorers: list[dict]) -> Registry:
+    path = tmp_path / "model_registry.yaml"
+    path.write_text(yaml.safe_dump({**registry_document(tmp_path / "artifacts"), "scorers": scorers}))
+    return load_registry(path)
+
+
+def llmbar_split(log: VerdictLog) -> tuple[list[ScoringItem], list[str]]:
+    """Calibration items and held-out pair ids of LLMBar, split by instruction (seed 0)."""
+    pairs = log.pairs[log.pairs["set"].str.startswith("LLMBar/")]
+    calibration, held = split_by_instruction(pairs, seed=0)
+    return log.items(list(pairs["pair_id"][calibration])), list(pairs["pair_id"][held])
+
+
+def test_a_registry_cascade_calibrates_saves_reloads_and_replays_each_stages_verdicts(tmp_path, log, verdicts):
+    registry = replay_registry(tmp_path, CASCADE)
+    with pytest.raises(RegistryError, match=r"scorers\[4\].thresholds'.*not found; fix: calibrate it with"):
+        build_scorer(registry, "cascade")
+    fresh = build_scorer(registry, "cascade", require_calibration=False)
+    targets = cascade_targets(registry, "cascade")
+    assert targets == [0.6, 0.3]
+    calibration, held_ids = llmbar_split(log)
+    fitted = asyncio.run(fresh.calibrate(calibration, targets[0], targets[1:]))
+    assert fitted.deeper == fresh.slow.calibration_
+    assert fitted.deeper.n_items == round(fitted.calibration_slow_fraction * len(calibration))
+    assert fitted.deeper.calibration_slow_fraction == pytest.approx(0.3, abs=0.02)
+    fitted.save(registry.path_of(registry.scorer("cascade").thresholds))
+
+    reloaded = build_scorer(registry, "cascade")
+    assert reloaded.calibration_ == fitted and reloaded.slow.calibration_ == fitted.deeper
+    held = log.items(held_ids)
+    batch, before = score(reloaded, held), score(fresh, held)
+    assert batch.stage.tolist() == before.stage.tolist() and batch.tokens == before.tokens
+    assert set(batch.stage.tolist()) == {0, 1, 2} and (batch.slow == (batch.stage > 0)).all()
+    for pair, stage, reward in zip(held_ids, batch.stage, batch.rewards, strict=True):
+        winner = recorded(verdicts, pair, *STAGE_VERDICTS[stage], False).winner
+        np.testing.assert_equal(reward, np.nan if pd.isna(winner) else float(winner == 1))
+    reached = [held[i] for i in np.flatnonzero(batch.slow)]
+    inner = score(reloaded.slow, reached)
+    assert escalated(batch, 3) == {"escalated_1": batch.slow.mean(), "escalated_2": inner.slow.sum() / len(held)}
+
+
+def test_saved_thresholds_must_match_the_cascade_and_old_files_still_load(tmp_path, log):
+    registry = replay_registry(tmp_path, CASCADE)
+    calibration, _ = llmbar_split(log)
+    two_stage = build_scorer(registry, "gpt4", require_calibration=False)
+    fitted = asyncio.run(two_stage.calibrate(calibration, 0.3))
+    legacy = fitted.model_dump(exclude={"deeper"})  # a thresholds file written before cascades were saved
+    (tmp_path / "gpt4.json").write_text(json.dumps(legacy))
+    assert build_scorer(registry, "gpt4").calibration_ == fitted
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration/cascade.json").write_text(json.dumps({**legacy, "fast": "falcon", "slow": "gpt4"}))
+    with pytest.raises(RegistryError) as caught:
+        build_scorer(registry, "cascade")
+    assert "scorers[4].thresholds'" in str(caught.value) and "hold no deeper stage's calibration" in str(caught.value)
+    assert "fix: recalibrate with `python -m benchmarks.scorer_eval" in str(caught.value)
+
+
+def test_replay_entries_that_cannot_be_built_name_the_key_and_fix(tmp_path):
+    registry = replay_registry(tmp_path, [replay("r", "GPT-4", "Vanilla", path="nowhere")])
+    with pytest.raises(RegistryError, match=r"scorers\[0\].path'.*nowhere lacks pairs.parquet.*fix: point at"):
+        build_scorer(registry, "r")
+    registry = replay_registry(tmp_path, [replay("r", "GPT-5", "Vanilla")])
+    with pytest.raises(RegistryError, match=r"scorers\[0\].judge'.*'GPT-5'.*recorded: .*GPT-4/CoT.*fix: set judge"):
+        build_scorer(registry, "r")
+
+
+def test_pooled_shares_report_every_stage_of_the_deepest_policy():
+    ids, hit = np.arange(4), np.array([True, False, True, True])
+    rows = pd.DataFrame([
+        {"seed": 0, "policy": "cascade", "target": 0.5, "stages": 3, "tokens": 10, "output_tokens": 1,
+         "escalated_1": 0.6, "escalated_2": 0.2},
+        {"seed": 1, "policy": "hybrid", "target": 0.5, "stages": 2, "tokens": 20, "output_tokens": 3,
+         "escalated_1": 0.4, "escalated_2": np.nan},
+    ])
+    hits = {hit_key(row.seed, row.policy, row.target): (ids, hit) for row in rows.itertuples()}
+    stats = pooled(rows, hits, n_pairs=4)
+    assert stats["escalated"] == pytest.approx([0.5, 0.1]) and stats["acc"] == 0.75
+    assert fmt_escalated(stats["escalated"]) == "0.50 > 0.10"
+    single = pd.DataFrame([{"seed": 0, "policy": "slow", "target": None, "stages": 1, "tokens": 5, "output_tokens": 1}])
+    assert fmt_escalated(pooled(single, {hit_key(0, "slow", None): (ids, hit)}, 4)["escalated"]) == "-"
+
+
+def test_a_cascade_calibrated_without_deeper_targets_keeps_and_records_its_inner_thresholds(log):
+    items = log.items([p for p in log.pairs["pair_id"] if p.startswith("LLMBar/")])
+    inner = HybridScorer("i", ReplayJudge("m", log, "GPT-4", "Vanilla"), ReplayJudge("s", log, "GPT-4", "CoT", 1))
+    cascade = HybridScorer("c", ReplayJudge("f", log, "Falcon", "Vanilla"), inner)
+    with pytest.raises(ValueError, match="'i' is an uncalibrated hybrid; pass deeper"):
+        asyncio.run(cascade.calibrate(items, 0.6))
+    own = asyncio.run(inner.calibrate(items, 0.2))
+    assert asyncio.run(cascade.calibrate(items, 0.6)).deeper == own == inner.calibration_
+    with pytest.raises(ValueError, match="hold a deeper stage's calibration, but the slow part 's' is not a hybrid"):
+        inner.load_calibration(cascade.calibration_.model_copy(update={"fast": "m", "slow": "s"}))

@@ -109,3 +109,67 @@ def test_the_repository_registry_is_valid():
     registry = load_registry(Path(__file__).resolve().parents[1] / "model_registry.yaml")
     assert len(registry.enabled) >= 5
     assert (registry.usd_per_token(registry.enabled) > 0).all()
+
+
+# --- scorers: replay, pairwise judges and cascades ----------------------------------------------------
+
+SCORERS = [
+    {"name": "cheap", "kind": "replay", "path": "judge-replay", "judge": "Falcon", "mode": "Vanilla"},
+    {"name": "strong", "kind": "judge_pairwise", "litellm_model": "openai/gpt-4o"},
+    {"name": "slow", "kind": "replay", "path": "judge-replay", "judge": "GPT-4", "mode": "CoT", "orders": 1},
+    {"name": "inner", "kind": "hybrid", "fast": "strong", "slow": "slow", "use_erp": False, "thresholds": "i.json"},
+    {"name": "cascade", "kind": "hybrid", "fast": "cheap", "slow": "inner", "use_erp": False, "thresholds": "c.json"},
+]
+
+
+def scorer_error(tmp_path: Path, scorers: list[dict]) -> str:
+    """The one-line-per-problem error of VALID with these scorers; it always names the file."""
+    message = error_of(write(tmp_path, {**VALID, "scorers": scorers}))
+    assert message.startswith(f"{tmp_path / 'registry.yaml'}: key 'scorers[")
+    return message
+
+
+def test_replay_pairwise_judges_and_a_three_stage_cascade_load(tmp_path):
+    registry = load_registry(write(tmp_path, {**VALID, "scorers": SCORERS}))
+    cheap, strong, slow, _, cascade = registry.scorers
+    assert (cheap.orders, cheap.tokens, slow.orders) == (2, "all", 1)
+    assert registry.path_of(cheap.path) == tmp_path / "judge-replay"
+    assert (strong.orders, strong.max_tokens, strong.retries) == (2, 50, 4)
+    assert (cascade.slow, registry.scorer(cascade.slow).slow) == ("inner", "slow")
+
+
+@pytest.mark.parametrize(
+    "change, key, says",
+    [
+        ({"slow": "nowhere"}, "scorers[4].slow", "no scorer named 'nowhere'; the slow part must be a judge or"),
+        ({"fast": "inner"}, "scorers[4].fast", "'inner' is a hybrid scorer; the fast part must be a judge_logprobs"),
+        ({"fast": "slow"}, "scorers[4].fast", "'slow' is a replay scorer asked in one order (no certainty to"),
+        ({"slow": "cascade"}, "scorers[4].slow", "the cascade cascade -> cascade is a cycle; end it with a slow"),
+        ({"use_erp": True}, "scorers[4].use_erp", "a pairwise hybrid compares two responses"),
+    ],
+)
+def test_bad_cascade_entries_name_file_key_and_fix(tmp_path, change, key, says):
+    message = scorer_error(tmp_path, SCORERS[:4] + [{**SCORERS[4], **change}])
+    assert f"key '{key}': {says}" in message and "; fix: " in message
+
+
+def test_a_cycle_through_two_hybrids_and_a_pointwise_stage_in_a_pairwise_cascade_are_rejected(tmp_path):
+    inner = {**SCORERS[3], "slow": "cascade"}
+    message = scorer_error(tmp_path, SCORERS[:3] + [inner, SCORERS[4]])
+    assert "key 'scorers[3].slow': the cascade inner -> cascade -> inner is a cycle" in message
+    pointwise = {"name": "rubric", "kind": "judge", "litellm_model": "openai/gpt-4o"}
+    message = scorer_error(tmp_path, [*SCORERS[:3], {**SCORERS[3], "slow": "rubric"}, SCORERS[4], pointwise])
+    assert "key 'scorers[3].slow': 'rubric' judges single responses but the fast part 'strong' judges pairs" in message
+    rm = {"name": "rm", "kind": "reward_model", "path": "rm"}
+    message = scorer_error(tmp_path, [*SCORERS[:4], {**SCORERS[4], "slow": "rm"}, rm])
+    assert "key 'scorers[4].slow': 'rm' is a reward_model scorer" in message and "one of: cheap, strong, slow, inner" in message
+
+
+def test_replay_and_pairwise_entries_reject_wrong_values(tmp_path):
+    message = scorer_error(tmp_path, [{**SCORERS[0], "orders": 3, "tokens": "input"}, SCORERS[1]])
+    assert "key 'scorers[0].orders'" in message and "key 'scorers[0].tokens'" in message
+    assert "use one of the allowed values ('all' or 'output')" in message
+    message = scorer_error(tmp_path, [{**SCORERS[0], "kind": "replayed"}])
+    assert "key 'scorers[0]'" in message and "'judge_pairwise'" in message and "'replay'" in message
+    message = scorer_error(tmp_path, [{**SCORERS[1], "top_logprobs": 5}])
+    assert "key 'scorers[0].top_logprobs'" in message and "remove this key" in message

@@ -516,3 +516,36 @@ def test_pairwise_judge_asks_both_orders_and_escalates_what_they_disagree_on(stu
     assert flipped.rewards.tolist() == [0.0] and flipped.certainty.tolist() == [1.0]
     once = asyncio.run(PairwiseJudge("once", client, orders=1).score(pairs[:1]))
     assert once.rewards.tolist() == [1.0] and once.certainty is None
+
+
+def test_a_pairwise_hybrid_builds_from_the_registry_and_escalates_position_bias(tmp_path, stub, monkeypatch):
+    """judge_pairwise entries: both orders as the fast part, one order as the slow part; scorer_eval calibrates
+    it on pairwise items and saves the thresholds the registry reloads."""
+    monkeypatch.setenv(KEY_ENV, "stub-key")
+    stub.state.replies[JUDGE] = pairwise_reply
+    pairwise = {**judge_entries(stub.url)[0], "kind": "judge_pairwise"}
+    thresholds = tmp_path / "pairwise.json"
+    entries = [
+        {**pairwise, "name": "both-orders"},
+        {**pairwise, "name": "one-order", "orders": 1, "max_tokens": 5},
+        {"name": "pairwise", "kind": "hybrid", "fast": "both-orders", "slow": "one-order", "use_erp": False,
+         "target_slow_fraction": 0.5, "thresholds": str(thresholds)},
+    ]
+    registry = load_registry(registry_with(tmp_path, entries))
+    once = build_scorer(registry, "one-order")
+    assert (once.orders, once.max_tokens, once.client.litellm_model) == (1, 5, f"openai/{JUDGE}")
+    pairs = [ScoringItem(f"Q{i % 2} #{i}: say right", "right", alternative="wrong") for i in range(8)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt, "response": "right", "alternative": "wrong", "label": 1})
+                            + "\n" for p in pairs))
+    from benchmarks import scorer_eval
+
+    registry_file = str(tmp_path / "model_registry.yaml")
+    args = ["--registry", registry_file, "--hybrid", "pairwise", "--data", str(data), "--calibration", str(data)]
+    assert scorer_eval.main(args) == 0 and thresholds.is_file()
+    stub.state.hits.clear()
+    batch = asyncio.run(build_scorer(registry, "pairwise").score(pairs))
+    assert batch.slow.tolist() == [i % 2 == 1 for i in range(8)]  # Q1: the two orders disagree
+    assert batch.rewards.tolist() == [1.0] * 8 and batch.stage.tolist() == batch.slow.astype(int).tolist()
+    assert hits(stub, JUDGE) == 2 * 8 + 4
+    assert all(hit.body["max_tokens"] == 5 for hit in list(stub.state.hits)[16:])

@@ -39,6 +39,8 @@ class ScoreBatch:
     `slow` marks the items a hybrid sent to its slow judge (all False for other scorers).
     `certainty` is a fast scorer's confidence in each score (higher = surer; NaN where unknown),
     which the hybrid thresholds; scorers that have none leave it None.
+    `stage` is, per item, the cascade stage whose score stands (0 = the hybrid's fast scorer, 1 = its slow
+    part, k = the k-th nested slow part); None for scorers that are not hybrids.
     """
 
     rewards: np.ndarray
@@ -46,6 +48,7 @@ class ScoreBatch:
     errors: list[str | None] = field(default_factory=list)
     slow: np.ndarray | None = None
     certainty: np.ndarray | None = None
+    stage: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -17,7 +17,8 @@ broken by a stable hash of the item's text (adding under 1e-9, so distinct certa
 a coarse signal such as a pairwise judge's order consistency (0 or 1) can then still meet any slow share.
 
 Cascades of more than two stages are hybrids nested on the slow side, Hybrid(a, Hybrid(b, c)): each stage
-runs only on what the stage before was unsure of, and each is calibrated on the items that reach it.
+runs only on what the stage before was unsure of, and each is calibrated on the items that reach it. The
+outer calibration holds the inner one (`deeper`), so one thresholds file restores the whole cascade.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class HybridCalibration(BaseModel):
     calibration_slow_fraction: float = Field(description="share of calibration items the thresholds send slow")
     n_items: int
     fast_state: dict[str, float] | None = Field(None, description="the fast scorer's own calibration, if any")
+    deeper: HybridCalibration | None = Field(
+        None, description="a cascade's next stage (the slow part, a hybrid itself), calibrated on what reaches it"
+    )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,12 +125,16 @@ class HybridScorer:
         """Calibrate the fast scorer (if it can be), then set both thresholds to hit the target slow share.
 
         `deeper` holds the targets of a cascade's later stages (the slow part is a hybrid itself): each is
-        calibrated on the calibration items the stage before sends on, never on the rest.
+        calibrated on the calibration items the stage before sends on, never on the rest. Without them a
+        hybrid slow part keeps the thresholds it has. Either way the result records every stage's.
         """
         if not 0 < target_slow_fraction < 1:
             raise ValueError(f"target_slow_fraction must be in (0, 1), got {target_slow_fraction}")
-        if deeper and not isinstance(self.slow, HybridScorer):
+        nested = isinstance(self.slow, HybridScorer)
+        if deeper and not nested:
             raise ValueError(f"{self.name!r}: deeper stage targets need a hybrid slow part, not {self.slow.name!r}")
+        if nested and not deeper and self.slow.calibration_ is None:
+            raise ValueError(f"{self.name!r}: its slow part {self.slow.name!r} is an uncalibrated hybrid; pass deeper")
         if hasattr(self.fast, "calibrate"):  # a reward model standardizes on this set and returns its scores
             batch = await self.fast.calibrate(items)
         else:
@@ -149,11 +157,13 @@ class HybridScorer:
             calibration_slow_fraction=share,
             n_items=len(items),
             fast_state=self.fast.state() if hasattr(self.fast, "state") else None,
+            deeper=self.slow.calibration_ if nested else None,
         )
         return self.calibration_
 
     def load_calibration(self, calibration: HybridCalibration) -> None:
-        """Reuse saved thresholds; they must come from the same fast and slow scorers and ERP setting."""
+        """Reuse saved thresholds; they must come from the same fast and slow scorers and ERP setting, and hold
+        a deeper stage's exactly where the slow part is a hybrid (a cascade), which then loads it."""
         if (calibration.fast, calibration.slow) != (self.fast.name, self.slow.name):
             raise ValueError(
                 f"the thresholds were calibrated for fast={calibration.fast}, slow={calibration.slow}, "
@@ -162,6 +172,15 @@ class HybridScorer:
         if (calibration.agreement_threshold is None) != (self.expected_reward is None):
             with_erp = "with" if calibration.agreement_threshold is not None else "without"
             raise ValueError(f"the thresholds were calibrated {with_erp} the ERP agreement check; this hybrid differs")
+        nested = isinstance(self.slow, HybridScorer)
+        if (calibration.deeper is not None) != nested:
+            held = "hold a deeper stage's" if calibration.deeper is not None else "hold no deeper stage's"
+            raise ValueError(
+                f"the thresholds {held} calibration, but the slow part {self.slow.name!r} is "
+                f"{'a' if nested else 'not a'} hybrid"
+            )
+        if nested:
+            self.slow.load_calibration(calibration.deeper)
         if calibration.fast_state is not None:
             self.fast.load_state(calibration.fast_state)
         self.calibration_ = calibration
@@ -180,6 +199,7 @@ class HybridScorer:
             self.calibration_.agreement_threshold,
         )
         rewards, errors, tokens = batch.rewards.copy(), list(batch.errors), batch.tokens
+        stage = slow.astype(np.int64)
         picked = np.flatnonzero(slow)
         if len(picked):
             judged = await self.slow.score([items[i] for i in picked])
@@ -187,7 +207,9 @@ class HybridScorer:
             for i, error in zip(picked, judged.errors, strict=True):
                 errors[i] = error
             tokens += judged.tokens
-        return ScoreBatch(rewards, tokens, errors, slow=slow, certainty=batch.certainty)
+            if judged.stage is not None:
+                stage[picked] += judged.stage
+        return ScoreBatch(rewards, tokens, errors, slow=slow, certainty=batch.certainty, stage=stage)
 
     def _certainty(self, batch: ScoreBatch, items: list[ScoringItem]) -> np.ndarray:
         """The fast scorer's certainty with ties broken by the items' tie keys."""
