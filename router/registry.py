@@ -102,7 +102,7 @@ class ServingSettings(BaseModel):
     cache_max_entries: int = Field(10_000, gt=0, description="bound of the in-process cache")
     decision_log_max_len: int = Field(100_000, gt=0, description="entries kept in the decision log")
     decision_log_max_bytes: int = Field(
-        32 * 2**20, gt=0, description="bytes the in-process decision log (and the outage journal's log) may hold"
+        8 * 2**20, gt=0, description="bytes the in-process decision log (and the outage journal's log) may hold"
     )
     default_max_output_tokens: int = Field(
         4_096, gt=0, description="output cap reserved against budgets for a model whose cap nobody states"

@@ -135,7 +135,7 @@ class MemoryStore(Store):
         max_entries: int = 10_000,
         log_max_len: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
-        log_max_bytes: int = 32 * 2**20,
+        log_max_bytes: int = 8 * 2**20,
     ) -> None:
         self._lock = threading.Lock()
         self._cache: TTLCache[str, bytes] = TTLCache(maxsize=max_entries, ttl=ttl_s, timer=clock)
@@ -286,7 +286,7 @@ def open_store(
     ttl_s: float = 3600,
     max_entries: int = 10_000,
     log_max_len: int = 100_000,
-    log_max_bytes: int = 32 * 2**20,
+    log_max_bytes: int = 8 * 2**20,
     outage_allowance_usd: float = 0.0,
 ) -> Store:
     """Redis with a failover journal when a URL is given, else the in-process store."""

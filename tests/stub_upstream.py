@@ -67,6 +67,7 @@ class StubState:
     logprobs: dict[str, Logprobs] = field(default_factory=dict)
     hang_s: float = 5.0
     delay_s: float = 0.0  # added to every answer, to keep a run in flight
+    answer_words: int = 0  # when set, unscripted answers are this many distinct words (long answers)
     hits: deque[Hit] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def reset(self) -> None:
@@ -96,6 +97,8 @@ class StubState:
             return planned(messages), None
         if planned:
             return planned.pop(0), None
+        if self.answer_words:
+            return " ".join(f"word{i}" for i in range(self.answer_words)), None
         return answer_for(model, messages), None
 
     def models_hit(self) -> list[str]:
@@ -220,8 +223,10 @@ def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Deterministic OpenAI-compatible stub upstream on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--answer-words", type=int, default=0, help="answer with this many words (default: an echo)")
     args = parser.parse_args()
-    uvicorn.run(create_stub_app(StubState()), host="127.0.0.1", port=args.port, log_level="warning")
+    state = StubState(answer_words=args.answer_words)
+    uvicorn.run(create_stub_app(state), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
