@@ -119,7 +119,8 @@ def markdown(rows: list[Row], data: Path, calibration: dict) -> str:
 
 
 async def run(registry_path: Path, name: str, data: Path, calibration_path: Path | None) -> str:
-    from router.registry import HybridScorerEntry, load_registry
+    from router.registry import load_registry
+    from router.scorer_config import HybridScorerEntry
     from router.scoring import build_scorer, cascade_targets
 
     registry = load_registry(registry_path)

@@ -16,12 +16,11 @@ import numpy as np
 from pydantic import ValidationError
 
 from predictors.scorers.base import RewardScorer
-from router.registry import (
+from router.registry import Registry, RegistryError
+from router.scorer_config import (
     HybridScorerEntry,
     JudgeScorerEntry,
     PairwiseJudgeScorerEntry,
-    Registry,
-    RegistryError,
     ReplayScorerEntry,
     RewardModelScorerEntry,
 )
