@@ -19,7 +19,7 @@ from typing import Any
 from predictors.litellm_offline import litellm
 from predictors.scorers.completion import is_transient
 from router.errors import BudgetExceededError, BudgetUnavailableError, RoutingError, UpstreamError
-from router.ledger import Budget, Ledger, Reservation, Usage, counted_usage
+from router.ledger import Budget, Ledger, Reservation, Usage, counted_usage, reported_usage
 from router.registry import ModelEntry
 from router.schemas import Attempt, ChatParameters, RoutingRecord
 
@@ -92,12 +92,13 @@ class Dispatcher:
         """Yield each attempt's LiteLLM arguments, receive its outcome; return the first success's response."""
         for entry in call.entries:
             started = time.perf_counter()
+            messages, params = entry_request(entry, call.messages, call.params)
             try:
-                reservation = self.ledger.reserve(entry.name, call.budget, call.messages, call.params)
+                reservation = self.ledger.reserve(entry.name, call.budget, messages, params)
             except (BudgetExceededError, BudgetUnavailableError) as exc:
                 self._record_failure(call, entry, exc, started)
                 continue
-            response, error = yield self._arguments(entry, call, reservation)
+            response, error = yield self._arguments(entry, messages, params, call.stream, reservation)
             if error is None:
                 call.reservation = reservation
                 call.record.model = entry.name
@@ -111,18 +112,20 @@ class Dispatcher:
         self.ledger.settle(call.record, call.reservation, None)
         raise _exhausted(call)
 
-    def _arguments(self, entry: ModelEntry, call: Call, reservation: Reservation) -> dict:
-        """The caller's allow-listed parameters, then the registry's connection settings, which always win."""
-        args = call.params.forwarded()
+    def _arguments(
+        self, entry: ModelEntry, messages: list[dict], params: ChatParameters, stream: bool, reservation: Reservation
+    ) -> dict:
+        """The allow-listed parameters, then the registry's connection settings, which always win."""
+        args = params.forwarded()
         if reservation.max_output_tokens is not None:
-            cap_name = "max_completion_tokens" if call.params.max_completion_tokens else "max_tokens"
+            cap_name = "max_completion_tokens" if params.max_completion_tokens else "max_tokens"
             args[cap_name] = reservation.max_output_tokens
-        if call.stream:
+        if stream:
             args["stream_options"] = {**args.get("stream_options", {}), "include_usage": True}
         args.update(
             model=entry.litellm_model,
-            messages=call.messages,
-            stream=call.stream,
+            messages=messages,
+            stream=stream,
             timeout=self.timeout_s,
             max_retries=0,
             api_base=entry.api_base,
@@ -156,13 +159,26 @@ class Dispatcher:
 
     def _finish(self, call: Call, response: Any, asynchronous: bool) -> RoutedCompletion | RoutedStream:
         if not call.stream:
-            usage = getattr(response, "usage", None)
-            known = Usage(usage.prompt_tokens, usage.completion_tokens) if usage is not None else None
-            self.ledger.settle(call.record, call.reservation, known)
+            self.ledger.settle(call.record, call.reservation, reported_usage(getattr(response, "usage", None)))
             return RoutedCompletion(response, call.record)
         prefetched, rest = response
         stream_type = AsyncRoutedStream if asynchronous else RoutedStream
         return stream_type(call, prefetched, rest, self.ledger)
+
+
+def entry_request(entry: ModelEntry, messages: list[dict], params: ChatParameters) -> tuple[list[dict], ChatParameters]:
+    """The conversation and parameters one candidate is called with: its system prompt first, its parameters
+    over the caller's (a model's or arm's configuration is what routing chose), but the caller's output cap kept
+    where it is lower."""
+    if entry.system_prompt:
+        messages = [{"role": "system", "content": entry.system_prompt}, *messages]
+    if not entry.params:
+        return messages, params
+    merged = {**params.forwarded(), **entry.params}
+    for cap in ("max_tokens", "max_completion_tokens"):
+        if cap in entry.params and getattr(params, cap):
+            merged[cap] = min(entry.params[cap], getattr(params, cap))
+    return messages, ChatParameters.model_validate(merged)
 
 
 def redact(text: str, entries: list[ModelEntry]) -> str:
@@ -244,9 +260,7 @@ class RoutedStream:
 
     def _see(self, chunk: Any) -> bool:
         """Note the chunk's usage and text; whether to pass it on (not the usage chunk the caller did not ask for)."""
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            self._usage = Usage(usage.prompt_tokens, usage.completion_tokens)
+        self._usage = reported_usage(getattr(chunk, "usage", None)) or self._usage
         for choice in getattr(chunk, "choices", None) or []:
             self._text.append(choice.delta.content or "")
             for tool_call in choice.delta.tool_calls or []:

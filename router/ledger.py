@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +51,27 @@ class Reservation:
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens billed for one call; ``completion_tokens`` includes any reasoning tokens."""
+
     prompt_tokens: int
     completion_tokens: int
+    reasoning_tokens: int = 0
+
+
+def reported_usage(usage: Any) -> Usage | None:
+    """The upstream's usage, with reasoning tokens counted as output.
+
+    OpenAI-style usage already includes ``completion_tokens_details.reasoning_tokens`` in ``completion_tokens``;
+    a provider that reports more reasoning tokens than completion tokens reports them apart, and they are added.
+    """
+    if usage is None:
+        return None
+    details = getattr(usage, "completion_tokens_details", None)
+    reasoning = int(getattr(details, "reasoning_tokens", None) or 0)
+    completion = int(usage.completion_tokens or 0)
+    if reasoning > completion:
+        completion += reasoning
+    return Usage(int(usage.prompt_tokens or 0), completion, reasoning)
 
 
 def input_token_bound(messages: list[dict], params: ChatParameters) -> int:
@@ -143,6 +163,7 @@ class Ledger:
         increments: dict[str, float] = {}
         if record.model is not None and usage is not None:
             record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            record.reasoning_tokens = usage.reasoning_tokens or None
             record.realized_cost_usd = self.cost(record.model, usage)
             increments[model_counter(record.model)] = record.realized_cost_usd
         if record.spend_key is not None:

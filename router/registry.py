@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from predictors.embedding import ENCODER_NAMES
+from router.schemas import ChatParameters
 from router.scorer_config import ScorerEntry, check_cascades, check_hybrid_parts
 
 PriceSource = Literal["litellm"]
@@ -24,10 +25,44 @@ class RegistryError(ValueError):
     """A registry that cannot be used; the message says file, key and fix."""
 
 
+ARM_SEPARATOR = "@"
+
+
+def _allowed_call_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """Call parameters of a model or arm: the proxy's allow-list, so an arm cannot redirect a call either."""
+    try:
+        return ChatParameters.model_validate(params).forwarded()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"params.{where}: {error['msg']} (allowed: {', '.join(ChatParameters.model_fields)})") from None
+
+
+class ArmEntry(BaseModel):
+    """One configuration of a model (a reasoning effort, a prompt style, a token budget), routed as the candidate
+    ``MODEL@ARM`` with its own predictor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[^@\s]+$", description="the arm's name; the candidate is MODEL@NAME")
+    params: dict[str, Any] = Field(default_factory=dict, description="OpenAI call parameters, e.g. reasoning_effort")
+    system_prompt: str | None = Field(None, description="a system message put before the conversation")
+    predictor: Path = Field(description="fitted predictor file of this arm, relative to the registry")
+    default_output_tokens: float | None = Field(None, gt=0, description="typical output length where data has none")
+    max_output_tokens: int | None = Field(None, gt=0, description="most tokens one call may generate")
+    enabled: bool = True
+
+    _params_allowed = field_validator("params")(_allowed_call_parameters)
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, description="name used in routing records and in the dataset's `model` column")
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[^@]+$",
+        description="name used in routing records and in the dataset's `model` column (MODEL@ARM for an arm)",
+    )
     litellm_model: str = Field(min_length=1, description="LiteLLM model string, e.g. openai/gpt-4o-mini")
     api_base: str | None = None
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
@@ -38,8 +73,47 @@ class ModelEntry(BaseModel):
     max_output_tokens: int | None = Field(
         None, gt=0, description="most tokens one call may generate; budgets reserve it (default: LiteLLM's model info)"
     )
-    predictor: Path = Field(description="fitted predictor file of this model, relative to the registry")
+    predictor: Path | None = Field(None, description="fitted predictor file of this model (not with arms)")
+    params: dict[str, Any] = Field(default_factory=dict, description="OpenAI call parameters sent on every call")
+    system_prompt: str | None = Field(None, description="a system message put before the conversation")
+    arms: list[ArmEntry] = Field(default_factory=list, description="configurations routed as MODEL@ARM")
     enabled: bool = True
+
+    _params_allowed = field_validator("params")(_allowed_call_parameters)
+
+    @model_validator(mode="after")
+    def _predictor_or_arms(self) -> "ModelEntry":
+        if not self.arms and self.predictor is None:
+            raise ValueError("missing predictor: set predictor, or declare arms, each with its own predictor")
+        if self.arms and self.predictor is not None:
+            raise ValueError("a model with arms is routed through its arms: move predictor onto each arm")
+        names = [arm.name for arm in self.arms]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate arm name(s) {', '.join(duplicates)}; arm names must be unique per model")
+        return self
+
+    def candidates(self, include_disabled: bool = False) -> list["ModelEntry"]:
+        """What the router chooses among: this model, or one entry per arm named MODEL@ARM, carrying the arm's
+        parameters (over the model's), system prompt, predictor and lengths. Enabled ones only, unless asked."""
+        if not self.arms:
+            return [self] if self.enabled or include_disabled else []
+        return [
+            self.model_copy(
+                update={
+                    "name": f"{self.name}{ARM_SEPARATOR}{arm.name}",
+                    "params": {**self.params, **arm.params},
+                    "system_prompt": arm.system_prompt if arm.system_prompt is not None else self.system_prompt,
+                    "predictor": arm.predictor,
+                    "default_output_tokens": arm.default_output_tokens or self.default_output_tokens,
+                    "max_output_tokens": arm.max_output_tokens or self.max_output_tokens,
+                    "arms": [],
+                    "enabled": self.enabled and arm.enabled,
+                }
+            )
+            for arm in self.arms
+            if include_disabled or (self.enabled and arm.enabled)
+        ]
 
     @model_validator(mode="after")
     def _prices_given_once(self) -> "ModelEntry":
@@ -157,15 +231,25 @@ class Registry(BaseModel):
 
     @property
     def enabled(self) -> list[ModelEntry]:
-        return [m for m in self.models if m.enabled]
+        """The candidates: every enabled model without arms, and every enabled arm as MODEL@ARM."""
+        return [candidate for model in self.models for candidate in model.candidates()]
 
     def entry(self, name: str) -> ModelEntry:
-        for model in self.models:
-            if model.name == name:
-                return model
+        """The model or the arm (MODEL@ARM) of this name, enabled or not."""
+        candidates = [c for model in self.models for c in model.candidates(include_disabled=True)]
+        for candidate in candidates:
+            if candidate.name == name:
+                return candidate
+        known = ", ".join(c.name for c in candidates)
         raise RegistryError(
-            f"{self.source}: no model named {name!r}; registry models: {', '.join(m.name for m in self.models)}"
+            f"{self.source}: no model named {name!r}; registry models and arms (MODEL@ARM): {known}; "
+            "fix: use one of them or add it under `models:`"
         )
+
+    def index_of(self, name: str) -> int:
+        """Position in ``models`` of the model a candidate (a model or MODEL@ARM) belongs to, for error keys."""
+        model_name = name.partition(ARM_SEPARATOR)[0]
+        return next(i for i, model in enumerate(self.models) if model.name == model_name)
 
     def scorer(self, name: str) -> ScorerEntry:
         for entry in self.scorers:
@@ -185,7 +269,7 @@ class Registry(BaseModel):
         rows = []
         for entry in entries:
             if entry.prices_from == "litellm":
-                rows.append(_litellm_prices(entry, self.source, self.models.index(entry)))
+                rows.append(_litellm_prices(entry, self.source, self.index_of(entry.name)))
             else:
                 rows.append((entry.input_usd_per_mtok / 1e6, entry.output_usd_per_mtok / 1e6))
         return np.array(rows, dtype=np.float64)
@@ -197,10 +281,13 @@ class Registry(BaseModel):
                 f"{self.source}: key 'shared_predictor': file {self.path_of(self.shared_predictor)} not found; "
                 "fix: run `erp fit --data DIR` to fit the pool"
             )
-        for i, entry in enumerate(self.models):
-            if entry.enabled and not self.path_of(entry.predictor).is_file():
+        for entry in self.enabled:
+            if not self.path_of(entry.predictor).is_file():
+                i = self.index_of(entry.name)
+                arm = entry.name.partition(ARM_SEPARATOR)[2]
+                key = f"models[{i}].arms[{[a.name for a in self.models[i].arms].index(arm)}]" if arm else f"models[{i}]"
                 raise RegistryError(
-                    f"{self.source}: key 'models[{i}].predictor': file {self.path_of(entry.predictor)} not found; "
+                    f"{self.source}: key '{key}.predictor': file {self.path_of(entry.predictor)} not found; "
                     f"fix: run `erp fit --data DIR --model {entry.name}` (or set enabled: false)"
                 )
 

@@ -38,7 +38,8 @@ class RoutingRecord(BaseModel):
     decision_ms: float = 0.0
     attempts: list[Attempt] = Field(default_factory=list)
     prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    completion_tokens: int | None = Field(None, description="output tokens billed, reasoning tokens included")
+    reasoning_tokens: int | None = Field(None, description="of the completion tokens, those spent reasoning")
     realized_cost_usd: float | None = Field(None, description="from the response's usage and the registry's prices")
     spend_key: str | None = Field(None, description="the API key's name the spend is charged to")
 

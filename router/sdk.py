@@ -20,7 +20,7 @@ from router.dispatch import AsyncRoutedStream, Call, Dispatcher, RoutedCompletio
 from router.engine import Decision, RoutingEngine
 from router.errors import InvalidRequestError, ModelNotFoundError
 from router.ledger import Budget, Ledger, RecordHook
-from router.registry import ServingSettings
+from router.registry import ARM_SEPARATOR, ServingSettings
 from router.schemas import CandidateRecord, ChatParameters, RoutingRecord
 from router.store import Store, open_store
 
@@ -126,12 +126,9 @@ class Router:
         params = parameters(openai_kwargs)
         request_id = f"erp-{uuid.uuid4().hex}"
         budget = Budget(spend_key, budget_usd) if spend_key is not None else None
+        if model is not None and model not in self.entries:
+            models, model = self._arms_to_route(model, models), None
         if model is not None:
-            if model not in self.entries:
-                raise ModelNotFoundError(
-                    f"the model {shorten(model)!r} does not exist; use 'erp' or one of: {', '.join(self.entries)}",
-                    param="model",
-                )
             check_messages(messages, self.settings.max_prompt_chars)
             record = RoutingRecord(request_id=request_id, routed=False, chosen=model, spend_key=spend_key)
             return Call(record, [self.entries[model]], messages, params, stream, budget)
@@ -153,6 +150,30 @@ class Router:
         ]
         entries = [self.entries[name] for name in order[: self.settings.fallback_attempts]]
         return Call(record, entries, messages, params, stream, budget)
+
+
+    def arms(self, model: str) -> list[str]:
+        """The enabled arms (MODEL@ARM) of a registry model; empty for a model without arms."""
+        return [name for name in self.entries if name.startswith(model + ARM_SEPARATOR)]
+
+    def _arms_to_route(self, model: str, models: list[str] | None) -> list[str]:
+        """A model named without an arm routes among its arms (those in ``models``, if given); else 404 with a list."""
+        arms = self.arms(model)
+        if arms:
+            return arms if models is None else [name for name in models if name in arms]
+        base, _, arm = model.partition(ARM_SEPARATOR)
+        if arm and self.arms(base):
+            message = f"the model {base!r} has no arm {shorten(arm)!r}; its arms: {', '.join(self.arms(base))}"
+        else:
+            names = ", ".join(self.names)
+            message = f"the model {shorten(model)!r} does not exist; use 'erp' or one of: {names}"
+        raise ModelNotFoundError(message, param="model")
+
+    @property
+    def names(self) -> list[str]:
+        """Every name a request may give as ``model``: each candidate, and each model that has arms."""
+        bases = [name.partition(ARM_SEPARATOR)[0] for name in self.entries if ARM_SEPARATOR in name]
+        return list(dict.fromkeys([*self.entries, *bases]))
 
 
 def parameters(openai_kwargs: dict[str, Any]) -> ChatParameters:

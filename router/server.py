@@ -21,9 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from router.errors import InvalidRequestError, ModelNotFoundError, RoutingError
+from router.errors import InvalidRequestError, RoutingError
 from router.failover import FailoverStore
-from router.registry import RegistryError, ServingSettings
+from router.registry import ARM_SEPARATOR, RegistryError, ServingSettings
 from router.schemas import ChatCompletionRequest, ErrorBody, ErrorResponse, Health, ModelCard, ModelList, RoutingRecord
 from router.sdk import RoutedCompletion, Router, shorten
 from router.telemetry import CONTENT_TYPE, Metrics
@@ -89,18 +89,12 @@ def client_keys(settings: ServingSettings, environ: dict[str, str] | None = None
     return keys
 
 
-def parse_target(model: str, registry_models: dict[str, Any]) -> Target:
-    """``erp``, ``erp:lambda=X,max_cost=Y`` or a registry model's name; anything else is 400 or 404."""
-    if model in registry_models:
-        return Target(model=model)
+def parse_target(model: str) -> Target:
+    """``erp``, ``erp:lambda=X,max_cost=Y`` (bad knobs are 400), or a name the router resolves (or answers 404)."""
     if model == ROUTER_MODEL:
         return Target()
     if not model.startswith(ROUTER_MODEL + ":"):
-        raise ModelNotFoundError(
-            f"the model {shorten(model)!r} does not exist; use 'erp', 'erp:lambda=X,max_cost=Y' or one of: "
-            f"{', '.join(registry_models)}",
-            param="model",
-        )
+        return Target(model=model)
     knobs: dict[str, float] = {}
     for part in model[len(ROUTER_MODEL) + 1 :].split(","):
         name, sep, value = (piece.strip() for piece in part.partition("="))
@@ -125,6 +119,9 @@ def routing_headers(record: RoutingRecord) -> dict[str, str]:
         "x-erp-model": record.model or record.chosen,
         "x-erp-attempts": str(len(record.attempts)),
     }
+    arm = (record.model or record.chosen).partition(ARM_SEPARATOR)[2]
+    if arm:
+        headers["x-erp-arm"] = arm
     candidate = record.candidate(record.model or record.chosen)
     if record.routed and candidate is not None:
         headers["x-erp-expected-reward"] = f"{candidate.expected_reward:.6g}"
@@ -209,7 +206,7 @@ def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
         chat: ChatCompletionRequest, client: ClientKey | None = Depends(authenticate)
     ) -> Response:
         """An OpenAI chat completion, routed (``erp``, ``erp:lambda=X,max_cost=Y``) or sent to a named model."""
-        target = parse_target(chat.model, router.entries)
+        target = parse_target(chat.model)
         result = await router.acomplete(
             [message.model_dump(exclude_none=True) for message in chat.messages],
             model=target.model,
@@ -228,7 +225,8 @@ def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
     @app.get("/v1/models", responses=_ERRORS)
     async def list_models(_: ClientKey | None = Depends(authenticate)) -> ModelList:
         cards = [ModelCard(id=ROUTER_MODEL, owned_by="erp-router")]
-        cards += [ModelCard(id=name, owned_by=e.litellm_model.split("/")[0]) for name, e in router.entries.items()]
+        owners = {name.partition(ARM_SEPARATOR)[0]: e.litellm_model.split("/")[0] for name, e in router.entries.items()}
+        cards += [ModelCard(id=name, owned_by=owners[name.partition(ARM_SEPARATOR)[0]]) for name in router.names]
         return ModelList(data=cards)
 
     @app.get("/healthz")

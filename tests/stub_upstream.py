@@ -68,10 +68,11 @@ class StubState:
     hang_s: float = 5.0
     delay_s: float = 0.0  # added to every answer, to keep a run in flight
     answer_words: int = 0  # when set, unscripted answers are this many distinct words (long answers)
+    reasoning_tokens: dict[str, int] = field(default_factory=dict)  # hidden reasoning billed per call, by model
     hits: deque[Hit] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def reset(self) -> None:
-        for planned in (self.failures, self.fail_first, self.replies, self.logprobs):
+        for planned in (self.failures, self.fail_first, self.replies, self.logprobs, self.reasoning_tokens):
             planned.clear()
         self.hits.clear()
         self.delay_s = 0.0
@@ -170,6 +171,11 @@ def create_stub_app(state: StubState) -> FastAPI:
         if cap:  # a real upstream stops at the output cap; the stub's tokens are words
             answer = " ".join(answer.split(" ")[:cap])
         usage = usage_for(messages, answer)
+        if model in state.reasoning_tokens:  # OpenAI's convention: reasoning is part of completion_tokens
+            reasoning = state.reasoning_tokens[model]
+            usage["completion_tokens"] += reasoning
+            usage["total_tokens"] += reasoning
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         if stream and failure == "not-sse":
             return Response("this is not a server-sent event stream", media_type="text/plain")
         if stream:
