@@ -78,14 +78,22 @@ class RoutingDataset:
 
     @cached_property
     def output_tokens(self) -> np.ndarray:
-        """Mean output tokens per (prompt, model); NaN where the data does not know."""
-        if "output_tokens_est" in self.outcomes:
-            tokens = self.outcomes["output_tokens_est"].astype("Float64")
-        elif "output_chars" in self.outcomes:
-            tokens = self.outcomes["output_chars"].astype("Float64") / CHARS_PER_TOKEN
-        else:
-            tokens = pd.Series(np.nan, index=self.outcomes.index)
-        return self._pivot(tokens.astype(np.float64), "mean")
+        """Mean billed output tokens per (prompt, model), reasoning included; NaN where the data does not know.
+
+        The billed ``output_tokens`` of a collected dataset (usage, reasoning included) where present; else the
+        visible length (``output_tokens_est``, or ``output_chars`` / 4) plus ``reasoning_tokens`` where given.
+        """
+        outcomes = self.outcomes
+        visible = pd.Series(np.nan, index=outcomes.index, dtype="Float64")
+        if "output_tokens_est" in outcomes:
+            visible = outcomes["output_tokens_est"].astype("Float64")
+        elif "output_chars" in outcomes:
+            visible = outcomes["output_chars"].astype("Float64") / CHARS_PER_TOKEN
+        if "reasoning_tokens" in outcomes:
+            visible = visible + outcomes["reasoning_tokens"].astype("Float64").fillna(0)
+        if "output_tokens" in outcomes:
+            visible = outcomes["output_tokens"].astype("Float64").fillna(visible)
+        return self._pivot(visible.astype(np.float64), "mean")
 
     @cached_property
     def price_matrix(self) -> np.ndarray:

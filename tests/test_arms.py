@@ -182,3 +182,30 @@ def test_bad_arm_entries_name_the_key(tmp_path, change, message) -> None:
     with pytest.raises(RegistryError) as caught:
         load_registry(path)
     assert message in str(caught.value) and str(path) in str(caught.value) and "fix:" in str(caught.value)
+
+
+def test_collect_calls_each_arm_as_routing_does_and_keeps_reasoning_tokens(stub, tmp_path, monkeypatch) -> None:
+    from test_collect import collect_args, conversations, write_jsonl
+
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
+    document = arms_registry(tmp_path / "artifacts", stub.url)
+    document["models"] = document["models"][1:]
+    document["scorers"] = [{"name": "judge", "kind": "judge", "litellm_model": "openai/judge", "api_base": stub.url,
+                            "api_key_env": UPSTREAM_KEY_ENV, "retries": 0}]
+    registry = tmp_path / "model_registry.yaml"
+    registry.write_text(yaml.safe_dump(document))
+    stub.state.replies["judge"] = lambda messages: '{"rationale": "scripted", "score": 7}'
+    stub.state.reasoning_tokens["tiny"] = 50
+    out = tmp_path / "out"
+    prompts = write_jsonl(tmp_path / "p.jsonl", conversations(2))
+    assert main(collect_args(prompts, registry, out, samples=1)) == 0
+    calls = [hit.body for hit in stub.state.hits if hit.model == "tiny"]
+    low = [body for body in calls if body.get("reasoning_effort") == "low"]
+    assert len(low) == 2 and all(b["max_tokens"] == 64 and b["messages"][0]["role"] == "system" for b in low)
+    outcomes = pd.read_parquet(out / "outcomes.parquet")
+    assert set(outcomes["model"]) == {"tiny@low", "tiny@high"} and (outcomes["reasoning_tokens"] == 50).all()
+    from predictors.dataset import load_dataset
+
+    data = load_dataset(out)
+    billed = outcomes.groupby("model")["output_tokens"].mean()
+    assert data.output_tokens.mean(axis=0) == pytest.approx([billed[m] for m in data.models]), "billed tokens"

@@ -23,7 +23,7 @@ from router.collect.journal import Record, Triple
 DATASET_FILES = ("models.csv", "prompts.parquet", "outcomes.parquet")
 PROMPT_COLUMNS = ["prompt_id", "prompt", "category", "source", "prompt_chars", "system"]
 OUTCOME_COLUMNS = ["prompt_id", "model", "sample", "reward", "output_chars", "output_tokens_est",
-                   "response", "input_tokens", "output_tokens", "cost_usd"]
+                   "response", "input_tokens", "output_tokens", "reasoning_tokens", "cost_usd"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ def _outcome_table(outcomes: pd.DataFrame, prompt_order: list[str], model_order:
             "response": outcomes["response"],
             "input_tokens": outcomes["input_tokens"].astype("Int64"),
             "output_tokens": outcomes["output_tokens"].astype("Int64"),
+            "reasoning_tokens": outcomes.get("reasoning_tokens", pd.Series(pd.NA, index=outcomes.index)).astype("Int64"),
             "cost_usd": outcomes["cost_usd"].astype("float64"),
         }
     )[OUTCOME_COLUMNS]

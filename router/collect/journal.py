@@ -32,6 +32,7 @@ class Record:
     response: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    reasoning_tokens: int | None = None
     cost_usd: float | None = None
     reward: float | None = None
     error: str | None = None

@@ -69,6 +69,7 @@ class _Task:
         response = {} if sample is None else {
             "response": sample.text, "input_tokens": sample.input_tokens,
             "output_tokens": sample.output_tokens, "cost_usd": sample.cost_usd,
+            "reasoning_tokens": sample.reasoning_tokens,
         }
         return Record(self.key, self.prompt_id, self.model, self.sample, reward=reward, error=error, **response)
 
@@ -167,7 +168,8 @@ def _plan(prompts: pd.DataFrame, models: list[str], samples: int, journal: Journ
                     continue
                 saved = None
                 if record is not None and record.response is not None:
-                    saved = Sample(record.response, record.input_tokens, record.output_tokens, record.cost_usd)
+                    saved = Sample(record.response, record.input_tokens, record.output_tokens, record.cost_usd,
+                                   record.reasoning_tokens)
                 system = row.system if isinstance(row.system, str) else None  # missing is NaN in a str column
                 tasks.append(_Task(row.key, row.prompt_id, row.prompt, system, model, sample, saved))
     return tasks, done

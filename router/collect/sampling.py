@@ -1,16 +1,23 @@
-"""One sampled response per call: each pool model behind the scorers' ``CompletionClient``.
+"""One sampled response per call: each pool candidate (a model or an arm) behind the scorers' ``CompletionClient``.
 
 The client bounds the calls in flight per model and retries (tenacity, exponential backoff with jitter)
-rate limits, timeouts, connection errors and 5xx; anything else fails the triple at once. Costs are usage
-tokens times the registry's prices, the same prices routing uses.
+rate limits, timeouts, connection errors and 5xx; anything else fails the triple at once. An arm is called
+exactly as the router calls it (its system prompt and parameters, ``dispatch.entry_request``). Costs are
+billed usage tokens (reasoning included) at the registry's prices, through the ledger's price formula.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from predictors.scorers.completion import CompletionClient
+from router.dispatch import entry_request
+from router.ledger import reported_usage
+from router.policy import token_cost
 from router.registry import ModelEntry
+from router.schemas import ChatParameters
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class Sample:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    reasoning_tokens: int | None = None
 
 
 class Sampler:
@@ -37,6 +45,7 @@ class Sampler:
     def __init__(self, entries: list[ModelEntry], usd_per_token: dict[str, tuple[float, float]], config: SamplingConfig) -> None:
         self.config = config
         self.prices = usd_per_token
+        self.entries = {entry.name: entry for entry in entries}
         self.clients = {
             entry.name: CompletionClient(
                 litellm_model=entry.litellm_model,
@@ -52,14 +61,14 @@ class Sampler:
 
     async def sample(self, model: str, messages: list[dict]) -> Sample:
         """One response of ``model``; raises the last error once retries are spent or it cannot be retried."""
-        response = await self.clients[model].complete(
-            messages, temperature=self.config.temperature, max_tokens=self.config.max_tokens
-        )
-        usage = response.usage
-        input_price, output_price = self.prices[model]
+        asked = ChatParameters(temperature=self.config.temperature, max_tokens=self.config.max_tokens)
+        messages, params = entry_request(self.entries[model], messages, asked)
+        response = await self.clients[model].complete(messages, **params.forwarded())
+        usage = reported_usage(response.usage)
         return Sample(
             text=response.choices[0].message.content or "",
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
-            cost_usd=usage.prompt_tokens * input_price + usage.completion_tokens * output_price,
+            cost_usd=float(token_cost(usage.prompt_tokens, usage.completion_tokens, np.asarray(self.prices[model]))),
+            reasoning_tokens=usage.reasoning_tokens or None,
         )
