@@ -96,8 +96,24 @@ class HybridScorerEntry(BaseModel):
     )
 
 
+class AnswerScorerEntry(BaseModel):
+    """Correctness against the prompt's reference `answer` (numbers within a tolerance): reward 1 or 0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    kind: Literal["answer"]
+    rel_tol: float = Field(1e-6, ge=0, description="relative tolerance of a numeric comparison")
+    abs_tol: float = Field(1e-9, ge=0, description="absolute tolerance of a numeric comparison")
+
+
 ScorerEntry = Annotated[
-    JudgeScorerEntry | PairwiseJudgeScorerEntry | ReplayScorerEntry | RewardModelScorerEntry | HybridScorerEntry,
+    JudgeScorerEntry
+    | PairwiseJudgeScorerEntry
+    | ReplayScorerEntry
+    | RewardModelScorerEntry
+    | HybridScorerEntry
+    | AnswerScorerEntry,
     Field(discriminator="kind"),
 ]
 FAST_KINDS = ("judge_logprobs", "reward_model", "judge_pairwise", "replay")

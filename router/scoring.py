@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from predictors.scorers.base import RewardScorer
 from router.registry import Registry, RegistryError
 from router.scorer_config import (
+    AnswerScorerEntry,
     HybridScorerEntry,
     JudgeScorerEntry,
     PairwiseJudgeScorerEntry,
@@ -71,6 +72,10 @@ def _build(
         return _replay(registry, entry, key)
     if isinstance(entry, RewardModelScorerEntry):
         return _reward_model(registry, entry, key)
+    if isinstance(entry, AnswerScorerEntry):
+        from predictors.scorers.answer import AnswerScorer
+
+        return AnswerScorer(rel_tol=entry.rel_tol, abs_tol=entry.abs_tol)
     return _hybrid(registry, entry, key, engine, require_calibration, nested)
 
 

@@ -209,3 +209,24 @@ def test_collect_calls_each_arm_as_routing_does_and_keeps_reasoning_tokens(stub,
     data = load_dataset(out)
     billed = outcomes.groupby("model")["output_tokens"].mean()
     assert data.output_tokens.mean(axis=0) == pytest.approx([billed[m] for m in data.models]), "billed tokens"
+
+
+def test_collect_grades_answers_against_the_prompts_reference(stub, tmp_path, monkeypatch) -> None:
+    from test_collect import collect_args
+
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
+    document = arms_registry(tmp_path / "artifacts", stub.url)
+    document["models"] = document["models"][1:]
+    document["scorers"] = [{"name": "correct", "kind": "answer"}]
+    registry = tmp_path / "model_registry.yaml"
+    registry.write_text(yaml.safe_dump(document))
+    table = pd.DataFrame({"prompt_id": ["a", "b"], "prompt": ["What is 6 * 7?", "What is 2 + 2?"],
+                          "category": ["1-step", "1-step"], "answer": ["42", "4"]})
+    table.to_parquet(tmp_path / "prompts.parquet", index=False)
+    stub.state.replies["tiny"] = lambda messages: "6 * 7 = 42. Answer: 42"
+    out = tmp_path / "out"
+    args = collect_args(tmp_path / "prompts.parquet", registry, out, samples=1)
+    assert main([*args[:-4], "--scorer", "correct", "--out", str(out)]) == 0
+    outcomes = pd.read_parquet(out / "outcomes.parquet").merge(pd.read_parquet(out / "prompts.parquet"), on="prompt_id")
+    assert dict(zip(outcomes["prompt_id"], outcomes["reward"])) == {"a": 1.0, "b": 0.0}
+    assert list(pd.read_parquet(out / "prompts.parquet")["answer"]) == ["42", "4"]

@@ -75,14 +75,15 @@ def is_correct(response: str, reference: str, rel_tol: float = 1e-6, abs_tol: fl
 class AnswerScorer:
     """Scores each item 0/1 against the reference answer of its prompt (looked up by prompt text).
 
-    `references` maps prompt text to its reference answer; an item whose prompt has none gets NaN with
-    the error NO_REFERENCE. Scoring calls no model, so `tokens` is 0.
+    An item's own `reference` (set by `erp collect` from the prompts' `answer` column) is used first, else
+    `references`, a map from prompt text to reference answer; an item with neither gets NaN with the error
+    NO_REFERENCE. Scoring calls no model, so `tokens` is 0.
     """
 
     name = "answer"
 
-    def __init__(self, references: Mapping[str, str], rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> None:
-        self.references = dict(references)
+    def __init__(self, references: Mapping[str, str] | None = None, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> None:
+        self.references = dict(references or {})
         self.rel_tol = rel_tol
         self.abs_tol = abs_tol
 
@@ -97,7 +98,7 @@ class AnswerScorer:
         rewards = np.full(len(items), np.nan)
         errors: list[str | None] = [None] * len(items)
         for i, item in enumerate(items):
-            reference = self.references.get(item.prompt)
+            reference = item.reference if item.reference is not None else self.references.get(item.prompt)
             if reference is None:
                 errors[i] = NO_REFERENCE
                 continue

@@ -28,6 +28,7 @@ class ScoringItem:
     model: str | None = None
     system: str | None = None
     alternative: str | None = None
+    reference: str | None = None  # the prompt's reference answer, for scorers that check answers
 
 
 @dataclass(frozen=True)

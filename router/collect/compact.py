@@ -21,7 +21,7 @@ from predictors.dataset import CHARS_PER_TOKEN, load_dataset
 from router.collect.journal import Record, Triple
 
 DATASET_FILES = ("models.csv", "prompts.parquet", "outcomes.parquet")
-PROMPT_COLUMNS = ["prompt_id", "prompt", "category", "source", "prompt_chars", "system"]
+PROMPT_COLUMNS = ["prompt_id", "prompt", "category", "source", "prompt_chars", "system", "answer"]
 OUTCOME_COLUMNS = ["prompt_id", "model", "sample", "reward", "output_chars", "output_tokens_est",
                    "response", "input_tokens", "output_tokens", "reasoning_tokens", "cost_usd"]
 

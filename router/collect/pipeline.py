@@ -57,6 +57,7 @@ class _Task:
     prompt_id: str
     prompt: str
     system: str | None
+    reference: str | None
     model: str
     sample: int
     saved: Sample | None = None
@@ -171,7 +172,8 @@ def _plan(prompts: pd.DataFrame, models: list[str], samples: int, journal: Journ
                     saved = Sample(record.response, record.input_tokens, record.output_tokens, record.cost_usd,
                                    record.reasoning_tokens)
                 system = row.system if isinstance(row.system, str) else None  # missing is NaN in a str column
-                tasks.append(_Task(row.key, row.prompt_id, row.prompt, system, model, sample, saved))
+                reference = None if pd.isna(row.answer) else str(row.answer)
+                tasks.append(_Task(row.key, row.prompt_id, row.prompt, system, reference, model, sample, saved))
     return tasks, done
 
 
@@ -228,7 +230,7 @@ async def _collect(
 
 async def _score(scorer: RewardScorer, batch: list[tuple[_Task, Sample]], tally: _Tally) -> list[Record]:
     """Journal records for one batch; a reward that is missing or outside [0, 1] is an error, not a score."""
-    items = [ScoringItem(t.prompt, s.text, model=t.model, system=t.system) for t, s in batch]
+    items = [ScoringItem(t.prompt, s.text, model=t.model, system=t.system, reference=t.reference) for t, s in batch]
     try:
         scores = await scorer.score(items)
     except Exception as exc:  # the contract says a scorer records failures; a broken one still must not end the run

@@ -28,8 +28,8 @@ DEFAULT_CATEGORIES: dict[str, tuple[str, ...]] = {
 UNMAPPED_CATEGORY = "other"
 CONVERSATION_COLUMNS = ("conversations", "source")
 TABLE_COLUMNS = ("prompt_id", "prompt")
-OPTIONAL_TABLE_COLUMNS = ("system", "category", "source")
-PROMPT_COLUMNS = ("prompt_id", "prompt", "system", "category", "source", "prompt_chars", "key")
+OPTIONAL_TABLE_COLUMNS = ("system", "category", "source", "answer")
+PROMPT_COLUMNS = ("prompt_id", "prompt", "system", "category", "source", "prompt_chars", "answer", "key")
 
 
 def prompt_key(system: str | None, prompt: str) -> str:
@@ -136,7 +136,8 @@ def _from_conversations(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         system = next((t.get("value") for t in turns if t.get("from") == "system" and t.get("value")), None)
         key = prompt_key(system, human)
         rows.append((key, human, system, "" if source is None else str(source), len(human), key))
-    return pd.DataFrame(rows, columns=["prompt_id", "prompt", "system", "source", "prompt_chars", "key"])
+    frame = pd.DataFrame(rows, columns=["prompt_id", "prompt", "system", "source", "prompt_chars", "key"])
+    return frame.assign(answer=None)
 
 
 def _from_table(frame: pd.DataFrame, path: Path, rules: list[tuple[str, str]]) -> pd.DataFrame:
@@ -148,8 +149,9 @@ def _from_table(frame: pd.DataFrame, path: Path, rules: list[tuple[str, str]]) -
     duplicated = prompts["prompt_id"][prompts["prompt_id"].duplicated()]
     if len(duplicated):
         raise CollectError(f"{path}: prompt_id {duplicated.iloc[0]!r} appears twice; ids must be unique")
-    if "system" not in prompts:
-        prompts["system"] = None
+    for optional in ("system", "answer"):
+        if optional not in prompts:
+            prompts[optional] = None
     prompts["source"] = prompts["source"].fillna("").astype(str) if "source" in prompts else ""
     if "category" not in prompts:
         prompts["category"] = categorize(prompts["source"], rules)
