@@ -42,9 +42,8 @@ def _weights(y: np.ndarray, sample_weight: np.ndarray | None) -> np.ndarray:
 class LinearRewardHead(BaseEstimator):
     """Logistic regression on soft targets: each row enters once as a success and once as a failure.
 
-    Inputs are standardized and the solver is Newton-Cholesky: with about fifty features one
-    Newton step is cheap, and three or four of them reach a lower training loss than the
-    hundred-odd L-BFGS iterations did, in a third to a half of the time.
+    Inputs are standardized and the solver is Newton-Cholesky, cheap with about fifty features
+    (why: benchmarks/RESULTS.md, *Simulation time*); the scaler is folded into ``coef_``.
     """
 
     def __init__(self, C: float = 1.0, max_iter: int = 500) -> None:
