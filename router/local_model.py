@@ -87,14 +87,15 @@ class LocalModelServer:
     """The llama.cpp server as a child process: `start()` returns once it answers, `stop()` ends it.
 
     Use as a context manager. `base_url` is the OpenAI-compatible root (``http://HOST:PORT/v1``) and
-    `litellm_model` the LiteLLM name (``openai/<alias>``). The server's output goes to `log_path`.
+    `litellm_model` the LiteLLM name (``openai/<alias>``). The server's output goes to `log_path`, a temporary
+    file removed by `stop()` (a start that fails quotes its tail in the error).
     """
 
     def __init__(self, config: LocalServerConfig | None = None) -> None:
         self.config = config or LocalServerConfig()
         self.port = self.config.port or free_port(self.config.host)
         self.process: subprocess.Popen[bytes] | None = None
-        self.log_path = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
+        self.log_path: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -121,6 +122,7 @@ class LocalModelServer:
         """Start the server and wait until GET /v1/models answers. If it exits, is not ready within
         `timeout_s` (LocalModelError with the log's tail) or the wait is interrupted, it is stopped first."""
         command = self.command()
+        self.log_path = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
@@ -148,19 +150,20 @@ class LocalModelServer:
             return False
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL after `timeout_s`); a no-op when not running."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout_s)
+        """Terminate the server (SIGTERM, then SIGKILL after `timeout_s`) and remove its log; idempotent."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
 
     def log_tail(self, chars: int = 600) -> str:
         """The last `chars` characters of the server's output, on one line."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        text = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
         return " | ".join(text[-chars:].strip().splitlines()) or "(no output)"
 
     def __enter__(self) -> "LocalModelServer":
@@ -176,7 +179,7 @@ def serve_forever(config: LocalServerConfig, timeout_s: float = 120.0) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = LocalModelServer(config).start(timeout_s)
     try:
-        print(f"serving {server.litellm_model} at {server.base_url} (Ctrl-C to stop; log: {server.log_path})", flush=True)
+        print(f"serving {server.litellm_model} at {server.base_url} (Ctrl-C to stop; log until then: {server.log_path})", flush=True)
         return server.process.wait() if server.process else 0
     except KeyboardInterrupt:
         return 0

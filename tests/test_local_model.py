@@ -12,7 +12,7 @@ import pytest
 
 from predictors.litellm_offline import litellm
 from router import local_model
-from router.local_model import MODEL_ALIAS, LocalModelError, LocalModelServer, find_gguf
+from router.local_model import MODEL_ALIAS, LocalModelError, LocalModelServer, LocalServerConfig, find_gguf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,16 @@ def test_serve_local_exits_2_with_one_line_when_the_model_file_is_missing(
     assert local_model.main(["--model", str(tmp_path / "absent.gguf"), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("erp: error:") and "absent.gguf" in err and err.count("\n") == 1
+
+
+def test_a_server_that_fails_to_start_is_reported_with_its_output_and_leaves_nothing(tmp_path: Path) -> None:
+    not_a_model = tmp_path / "broken.gguf"
+    not_a_model.write_bytes(b"not a gguf file")
+    server = LocalModelServer(LocalServerConfig(model=not_a_model, n_threads=1))
+    with pytest.raises(LocalModelError, match="exited with code"):
+        server.start(timeout_s=60)
+    assert server.process is not None and server.process.poll() is not None
+    assert server.log_path is not None and not server.log_path.exists()
 
 
 def _running(pid: int) -> bool:
