@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,7 +39,7 @@ def _route(args: argparse.Namespace) -> None:
     if not args.prompt.strip():
         raise UsageError("the prompt is empty; pass the prompt text as the argument")
     try:
-        decision = engine.decide([args.prompt], args.lambda_, models, args.max_cost)[0]
+        decision = engine.route([args.prompt], args.lambda_, models, args.max_cost)[0]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     print(f"{'model':40s} {'E[reward]':>10s} {'cost (USD)':>12s} {'score':>12s}")

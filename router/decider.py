@@ -85,31 +85,30 @@ class Decider:
         check_knobs(lambda_, max_cost)
         text = routing_text(messages, self.context_chars)
         conversation_tokens = sum(len(message_text(m)) for m in messages) / CHARS_PER_TOKEN
-        prediction = self._predict(text, conversation_tokens)
+        prediction = self._predict(text)
         try:
-            decision = self.engine.decide([text], lambda_, models, max_cost, prediction=prediction)[0]
+            decision = self.engine.decide(prediction, np.array([conversation_tokens]), lambda_, models, max_cost)[0]
         except ValueError as exc:
             error = ModelNotFoundError if models and set(models) - set(self.engine.models) else InvalidRequestError
             raise error(str(exc), param="models") from None
         return replace(decision, decision_ms=(time.perf_counter() - started) * 1000)
 
-    def _predict(self, text: str, conversation_tokens: float) -> Prediction:
+    def _predict(self, text: str) -> Prediction:
         """Rewards and output lengths from the store's cache, else from the cached embedding, else computed."""
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         prediction_key, embedding_key = f"pred:{self._fingerprint}:{digest}", f"emb:{self._encoder_id}:{digest}"
         cached_prediction, cached_embedding = self.store.get_cached([prediction_key, embedding_key])
-        tokens = np.array([conversation_tokens])
         n_models = len(self.engine.models)
         if cached_prediction is not None and len(cached_prediction) == 2 * n_models * 8:
             rewards, output_tokens = np.frombuffer(cached_prediction, dtype=np.float64).reshape(2, 1, n_models)
-            return Prediction(tokens, rewards, output_tokens)
+            return Prediction(rewards, output_tokens)
         embedding = None if cached_embedding is None else np.frombuffer(cached_embedding, dtype=np.float32)
         rewards, output_tokens, embedding = self._batcher.submit((text, embedding))
         fresh = {prediction_key: np.stack([rewards, output_tokens]).astype(np.float64).tobytes()}
         if cached_embedding is None:
             fresh[embedding_key] = embedding.astype(np.float32).tobytes()
         self.store.put_cached(fresh)
-        return Prediction(tokens, rewards[None, :], output_tokens[None, :])
+        return Prediction(rewards[None, :], output_tokens[None, :])
 
     def _predict_batch(self, items: list[tuple[str, np.ndarray | None]]) -> list[tuple[np.ndarray, ...]]:
         """One encoder pass over the prompts without a cached embedding, one predictor pass over all."""

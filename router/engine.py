@@ -1,12 +1,15 @@
 """The routing engine: registry + encoder + fitted pool predictor + policy, for live prompts.
 
-``erp route``, the SDK and the proxy all decide through ``RoutingEngine.decide``.
+``predict`` gives every candidate's expected reward and output length for prompt texts; ``decide`` turns
+predictions and the input tokens each call is billed for into decisions through the policy. ``erp route`` uses
+``route`` (both, for a bare prompt); the SDK's decider calls ``predict`` through its cache and batcher, then
+``decide`` with the whole conversation's input tokens.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +19,32 @@ from predictors.embedding import Encoder
 from predictors.pool import PoolPredictor
 from router.policy import call_costs, choose, scores
 from router.registry import Registry, RegistryError, load_registry
-
-
-@dataclass(frozen=True)
-class Candidate:
-    model: str
-    expected_reward: float
-    predicted_cost_usd: float
-    predicted_output_tokens: float
-    score: float
+from router.schemas import CandidateRecord
 
 
 @dataclass(frozen=True)
 class Decision:
     model: str
     lambda_: float
-    candidates: list[Candidate]
+    candidates: list[CandidateRecord]
     decision_ms: float
 
-    def ranked(self) -> list[Candidate]:
+    def ranked(self) -> list[CandidateRecord]:
         """Candidates best score first: the chosen model, then the fallback order."""
         return sorted(self.candidates, key=lambda c: (-c.score, c.predicted_cost_usd))
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """Per-prompt input tokens and (prompts, models) expected rewards and output tokens, models as in the engine."""
+    """(prompts, models) expected rewards and output tokens, models in the engine's order."""
 
-    input_tokens: np.ndarray
     rewards: np.ndarray
     output_tokens: np.ndarray
+
+
+def text_tokens(texts: list[str]) -> np.ndarray:
+    """Estimated input tokens of bare prompt texts (characters / 4)."""
+    return np.array([len(text) / CHARS_PER_TOKEN for text in texts])
 
 
 class RoutingEngine:
@@ -86,35 +85,48 @@ class RoutingEngine:
     def predict(self, texts: list[str], embeddings: np.ndarray | None = None) -> Prediction:
         """Every enabled model's expected reward and output length; pass embeddings to reuse cached ones."""
         embeddings = self.encoder.encode(texts) if embeddings is None else embeddings
-        input_tokens = np.array([len(t) / CHARS_PER_TOKEN for t in texts])
-        rewards, output_tokens = self.pool.predict(embeddings, input_tokens, self.models)
-        return Prediction(input_tokens, rewards, output_tokens)
+        rewards, output_tokens = self.pool.predict(embeddings, text_tokens(texts), self.models)
+        return Prediction(rewards, output_tokens)
+
+    def route(
+        self, texts: list[str], lambda_: float | None = None, models: list[str] | None = None, max_cost: float | None = None
+    ) -> list[Decision]:
+        """Predict and decide for bare prompt texts, each billed as its own input (``erp route``)."""
+        started = time.perf_counter()
+        decisions = self.decide(self.predict(texts), text_tokens(texts), lambda_, models, max_cost)
+        elapsed_ms = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
+        return [replace(decision, decision_ms=elapsed_ms) for decision in decisions]
 
     def decide(
         self,
-        texts: list[str],
+        prediction: Prediction,
+        input_tokens: np.ndarray,
         lambda_: float | None = None,
         models: list[str] | None = None,
         max_cost: float | None = None,
-        prediction: Prediction | None = None,
     ) -> list[Decision]:
-        """One decision per prompt text: predicted reward, cost and score of every candidate, and the choice.
+        """One decision per predicted prompt: every allowed candidate's reward, cost and score, and the choice.
 
-        A precomputed ``prediction`` (e.g. from the serving cache) skips the encoder and predictors.
+        ``input_tokens`` are the tokens each call is billed for (the whole conversation, for the SDK).
         """
         started = time.perf_counter()
         lambda_ = self.default_lambda if lambda_ is None else float(lambda_)
         allowed = self.allowed(models)
-        prediction = self.predict(texts) if prediction is None else prediction
         rewards, output_tokens = prediction.rewards, prediction.output_tokens
-        costs = call_costs(prediction.input_tokens, output_tokens, self.usd_per_token)
+        costs = call_costs(input_tokens, output_tokens, self.usd_per_token)
         picked = choose(rewards, costs, lambda_, allowed, max_cost)
         value = scores(rewards, costs, lambda_)
-        elapsed_ms = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
+        elapsed_ms = (time.perf_counter() - started) * 1000 / max(len(picked), 1)
         decisions = []
         for i, choice in enumerate(picked):
             candidates = [
-                Candidate(m, float(rewards[i, j]), float(costs[i, j]), float(output_tokens[i, j]), float(value[i, j]))
+                CandidateRecord(
+                    model=m,
+                    expected_reward=float(rewards[i, j]),
+                    predicted_cost_usd=float(costs[i, j]),
+                    predicted_output_tokens=float(output_tokens[i, j]),
+                    score=float(value[i, j]),
+                )
                 for j, m in enumerate(self.models)
                 if allowed is None or allowed[j]
             ]

@@ -21,7 +21,7 @@ from router.engine import Decision, RoutingEngine
 from router.errors import InvalidRequestError, ModelNotFoundError
 from router.ledger import Budget, Ledger, RecordHook
 from router.registry import ARM_SEPARATOR, ServingSettings
-from router.schemas import CandidateRecord, ChatParameters, RoutingRecord
+from router.schemas import ChatParameters, RoutingRecord
 from router.store import Store, open_store
 
 __all__ = ["AsyncRoutedStream", "RoutedCompletion", "RoutedStream", "Router"]
@@ -139,7 +139,7 @@ class Router:
             chosen=decision.model,
             lambda_=decision.lambda_,
             max_cost=max_cost,
-            candidates=[CandidateRecord(**vars(c)) for c in decision.ranked()],
+            candidates=decision.ranked(),
             decision_ms=decision.decision_ms,
             spend_key=spend_key,
         )

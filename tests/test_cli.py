@@ -171,7 +171,7 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
 
 def test_budget_mode_calibrates_lambda_at_fit_time(tmp_path, zeroeval_subset, capsys):
     from predictors.dataset import load_dataset
-    from router.engine import RoutingEngine
+    from router.engine import RoutingEngine, text_tokens
     from router.policy import call_costs, choose, realized
 
     document = registry_document(tmp_path / "artifacts")
@@ -184,7 +184,7 @@ def test_budget_mode_calibrates_lambda_at_fit_time(tmp_path, zeroeval_subset, ca
     assert engine.default_lambda > 0
     data = load_dataset(zeroeval_subset)
     prediction = engine.predict(data.texts)
-    costs = call_costs(prediction.input_tokens, prediction.output_tokens, engine.usd_per_token)
+    costs = call_costs(text_tokens(data.texts), prediction.output_tokens, engine.usd_per_token)
     def spent(lambda_: float) -> float:
         return realized(choose(prediction.rewards, costs, lambda_), costs).mean()
 

@@ -50,7 +50,7 @@ def test_route_decides_without_calling_any_model(make_router, stub) -> None:
 def test_cached_route_matches_the_engine_and_skips_the_encoder(make_router, monkeypatch) -> None:
     router = make_router()
     text = MESSAGES[0]["content"]
-    direct = router.engine.decide([text])[0]
+    direct = router.engine.route([text])[0]
     first = router.route(MESSAGES)
     monkeypatch.setattr(router.engine.encoder, "encode", lambda texts: pytest.fail("the cache was not used"))
     monkeypatch.setattr(router.engine.pool, "predict", lambda *a: pytest.fail("the cache was not used"))
