@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -144,35 +144,97 @@ def validation_error(errors: list[dict]) -> InvalidRequestError:
     return InvalidRequestError(f"{param or 'body'}: {shorten(message, 300)}", param=param)
 
 
-def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
-    """The proxy app over a router; its metrics observe every request the router finishes (a record hook)."""
-    metrics = metrics or Metrics()
-    router.subscribe(metrics.observe)
-    keys = client_keys(router.settings)
-    app = FastAPI(
-        title="erp-router",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        max_body_size=8 * router.settings.max_prompt_chars + 2**20,
+@dataclass(frozen=True)
+class Proxy:
+    """What the app's routes share: the router, the metrics and the accepted client keys."""
+
+    router: Router
+    metrics: Metrics
+    keys: dict[str, ClientKey]
+
+
+def _proxy(request: Request) -> Proxy:
+    return request.app.state.proxy
+
+
+async def authenticate(request: Request) -> ClientKey | None:
+    """The caller's key (None when auth is off); 401 when it is missing or wrong."""
+    keys = _proxy(request).keys
+    if not keys:
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("You didn't provide an API key; send it as 'Authorization: Bearer KEY'.")
+    for secret, client in keys.items():
+        if hmac.compare_digest(secret.encode(), token.strip().encode()):
+            return client
+    raise AuthError("Incorrect API key provided.")
+
+
+routes = APIRouter()
+
+
+@routes.post("/v1/chat/completions", responses=_ERRORS)
+async def chat_completions(
+    chat: ChatCompletionRequest, request: Request, client: ClientKey | None = Depends(authenticate)
+) -> Response:
+    """An OpenAI chat completion, routed (``erp``, ``erp:lambda=X,max_cost=Y``) or sent to a named model or arm."""
+    router = _proxy(request).router
+    target = parse_target(chat.model)
+    result = await router.acomplete(
+        [message.model_dump(exclude_none=True) for message in chat.messages],
+        model=target.model,
+        lambda_=target.lambda_,
+        max_cost=target.max_cost,
+        stream=chat.stream,
+        spend_key=client.name if client else None,
+        budget_usd=client.budget_usd if client else None,
+        **chat.parameters().forwarded(),
     )
+    headers = routing_headers(result.record)
+    if isinstance(result, RoutedCompletion):
+        return Response(result.response.model_dump_json(), media_type="application/json", headers=headers)
+    return StreamingResponse(_server_sent_events(result), media_type="text/event-stream", headers=headers)
+
+
+@routes.get("/v1/models", responses=_ERRORS)
+async def list_models(request: Request, _: ClientKey | None = Depends(authenticate)) -> ModelList:
+    router = _proxy(request).router
+    owners = {name.partition(ARM_SEPARATOR)[0]: e.litellm_model.split("/")[0] for name, e in router.entries.items()}
+    cards = [ModelCard(id=ROUTER_MODEL, owned_by="erp-router")]
+    cards += [ModelCard(id=name, owned_by=owners[name.partition(ARM_SEPARATOR)[0]]) for name in router.names]
+    return ModelList(data=cards)
+
+
+@routes.get("/healthz")
+async def healthz(request: Request) -> Health:
+    proxy = _proxy(request)
+    store = await asyncio.to_thread(proxy.router.store.health)
+    proxy.metrics.store_degraded.set(store.redis == "down")
+    status = "degraded" if store.redis == "down" else "ok"
+    return Health(status=status, live=True, ready=True, models=len(proxy.router.entries), store=store)
+
+
+@routes.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    proxy = _proxy(request)
+    if isinstance(proxy.router.store, FailoverStore):
+        proxy.metrics.store_degraded.set(proxy.router.store.degraded)
+    return Response(proxy.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@routes.get("/openapi.json", include_in_schema=False)
+async def openapi_schema(request: Request, _: ClientKey | None = Depends(authenticate)) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+def _error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Every error as an OpenAI-style body with its status, counted in the metrics; never a traceback."""
 
     def error_response(error: RoutingError | ErrorResponse, status: int, headers: dict | None = None) -> JSONResponse:
         body = error.body() if isinstance(error, RoutingError) else error
         metrics.http_errors.labels(str(status), body.error.code or body.error.type).inc()
         return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
-
-    async def authenticate(request: Request) -> ClientKey | None:
-        """The caller's key (None when auth is off); 401 when it is missing or wrong."""
-        if not keys:
-            return None
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise AuthError("You didn't provide an API key; send it as 'Authorization: Bearer KEY'.")
-        for secret, client in keys.items():
-            if hmac.compare_digest(secret.encode(), token.strip().encode()):
-                return client
-        raise AuthError("Incorrect API key provided.")
 
     @app.exception_handler(RoutingError)
     async def on_routing_error(_: Request, exc: RoutingError) -> JSONResponse:
@@ -201,51 +263,21 @@ def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
         body = ErrorResponse(error=ErrorBody(message="internal error of the router", type="server_error"))
         return error_response(body, 500)
 
-    @app.post("/v1/chat/completions", responses=_ERRORS)
-    async def chat_completions(
-        chat: ChatCompletionRequest, client: ClientKey | None = Depends(authenticate)
-    ) -> Response:
-        """An OpenAI chat completion, routed (``erp``, ``erp:lambda=X,max_cost=Y``) or sent to a named model."""
-        target = parse_target(chat.model)
-        result = await router.acomplete(
-            [message.model_dump(exclude_none=True) for message in chat.messages],
-            model=target.model,
-            lambda_=target.lambda_,
-            max_cost=target.max_cost,
-            stream=chat.stream,
-            spend_key=client.name if client else None,
-            budget_usd=client.budget_usd if client else None,
-            **chat.parameters().forwarded(),
-        )
-        headers = routing_headers(result.record)
-        if isinstance(result, RoutedCompletion):
-            return Response(result.response.model_dump_json(), media_type="application/json", headers=headers)
-        return StreamingResponse(_server_sent_events(result), media_type="text/event-stream", headers=headers)
 
-    @app.get("/v1/models", responses=_ERRORS)
-    async def list_models(_: ClientKey | None = Depends(authenticate)) -> ModelList:
-        cards = [ModelCard(id=ROUTER_MODEL, owned_by="erp-router")]
-        owners = {name.partition(ARM_SEPARATOR)[0]: e.litellm_model.split("/")[0] for name, e in router.entries.items()}
-        cards += [ModelCard(id=name, owned_by=owners[name.partition(ARM_SEPARATOR)[0]]) for name in router.names]
-        return ModelList(data=cards)
-
-    @app.get("/healthz")
-    async def healthz() -> Health:
-        store = await asyncio.to_thread(router.store.health)
-        metrics.store_degraded.set(store.redis == "down")
-        status = "degraded" if store.redis == "down" else "ok"
-        return Health(status=status, live=True, ready=True, models=len(router.entries), store=store)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        if isinstance(router.store, FailoverStore):
-            metrics.store_degraded.set(router.store.degraded)
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
-
-    @app.get("/openapi.json", include_in_schema=False)
-    async def openapi_schema(_: ClientKey | None = Depends(authenticate)) -> JSONResponse:
-        return JSONResponse(app.openapi())
-
+def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
+    """The proxy app over a router; its metrics observe every request the router finishes (a record hook)."""
+    metrics = metrics or Metrics()
+    router.subscribe(metrics.observe)
+    app = FastAPI(
+        title="erp-router",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        max_body_size=8 * router.settings.max_prompt_chars + 2**20,
+    )
+    app.state.proxy = Proxy(router, metrics, client_keys(router.settings))
+    _error_handlers(app, metrics)
+    app.include_router(routes)
     return app
 
 
