@@ -14,8 +14,9 @@ from dataclasses import replace
 import numpy as np
 
 from predictors.dataset import CHARS_PER_TOKEN
+from predictors.pool import PoolPrediction
 from router.batching import Batcher
-from router.engine import Decision, Prediction, RoutingEngine
+from router.engine import Decision, RoutingEngine
 from router.errors import InvalidRequestError, ModelNotFoundError, PromptTooLargeError
 from router.store import Store
 
@@ -93,7 +94,7 @@ class Decider:
             raise error(str(exc), param="models") from None
         return replace(decision, decision_ms=(time.perf_counter() - started) * 1000)
 
-    def _predict(self, text: str) -> Prediction:
+    def _predict(self, text: str) -> PoolPrediction:
         """Rewards and output lengths from the store's cache, else from the cached embedding, else computed."""
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         prediction_key, embedding_key = f"pred:{self._fingerprint}:{digest}", f"emb:{self._encoder_id}:{digest}"
@@ -101,14 +102,14 @@ class Decider:
         n_models = len(self.engine.models)
         if cached_prediction is not None and len(cached_prediction) == 2 * n_models * 8:
             rewards, output_tokens = np.frombuffer(cached_prediction, dtype=np.float64).reshape(2, 1, n_models)
-            return Prediction(rewards, output_tokens)
+            return PoolPrediction(rewards, output_tokens)
         embedding = None if cached_embedding is None else np.frombuffer(cached_embedding, dtype=np.float32)
         rewards, output_tokens, embedding = self._batcher.submit((text, embedding))
         fresh = {prediction_key: np.stack([rewards, output_tokens]).astype(np.float64).tobytes()}
         if cached_embedding is None:
             fresh[embedding_key] = embedding.astype(np.float32).tobytes()
         self.store.put_cached(fresh)
-        return Prediction(rewards[None, :], output_tokens[None, :])
+        return PoolPrediction(rewards[None, :], output_tokens[None, :])
 
     def _predict_batch(self, items: list[tuple[str, np.ndarray | None]]) -> list[tuple[np.ndarray, ...]]:
         """One encoder pass over the prompts without a cached embedding, one predictor pass over all."""

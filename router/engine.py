@@ -16,7 +16,7 @@ import numpy as np
 
 from predictors.dataset import CHARS_PER_TOKEN
 from predictors.embedding import Encoder
-from predictors.pool import PoolPredictor
+from predictors.pool import PoolPrediction, PoolPredictor
 from router.policy import call_costs, choose, scores
 from router.registry import Registry, RegistryError, load_registry
 from router.schemas import CandidateRecord
@@ -32,14 +32,6 @@ class Decision:
     def ranked(self) -> list[CandidateRecord]:
         """Candidates best score first: the chosen model, then the fallback order."""
         return sorted(self.candidates, key=lambda c: (-c.score, c.predicted_cost_usd))
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """(prompts, models) expected rewards and output tokens, models in the engine's order."""
-
-    rewards: np.ndarray
-    output_tokens: np.ndarray
 
 
 def text_tokens(texts: list[str]) -> np.ndarray:
@@ -82,11 +74,10 @@ class RoutingEngine:
             raise ValueError("the allowed model set is empty")
         return np.isin(self.models, models)
 
-    def predict(self, texts: list[str], embeddings: np.ndarray | None = None) -> Prediction:
+    def predict(self, texts: list[str], embeddings: np.ndarray | None = None) -> PoolPrediction:
         """Every enabled model's expected reward and output length; pass embeddings to reuse cached ones."""
         embeddings = self.encoder.encode(texts) if embeddings is None else embeddings
-        rewards, output_tokens = self.pool.predict(embeddings, text_tokens(texts), self.models)
-        return Prediction(rewards, output_tokens)
+        return self.pool.predict(embeddings, text_tokens(texts), self.models)
 
     def route(
         self, texts: list[str], lambda_: float | None = None, models: list[str] | None = None, max_cost: float | None = None
@@ -99,7 +90,7 @@ class RoutingEngine:
 
     def decide(
         self,
-        prediction: Prediction,
+        prediction: PoolPrediction,
         input_tokens: np.ndarray,
         lambda_: float | None = None,
         models: list[str] | None = None,
