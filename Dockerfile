@@ -14,7 +14,6 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY router ./router
 COPY predictors ./predictors
-COPY benchmarks ./benchmarks
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
     && pip install .
 
