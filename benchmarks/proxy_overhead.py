@@ -185,12 +185,14 @@ def orchestrate(args: argparse.Namespace) -> None:
     env.update(ERP_API_KEYS=client_key, ERP_BENCH_CLIENT_KEY=client_key)  # both proxies check the client's key
     texts = pd.read_parquet(args.data / "prompts.parquet")["prompt"].tolist()
     with ExitStack() as stack:
-        _start_services(stack, ports, registry, config, env, workdir)
+        _start_services(stack, ports, registry, config, env, workdir, args.litellm)
         urls = {name: f"http://127.0.0.1:{port}/v1/chat/completions" for name, port in ports.items()}
         _measure(args, urls, texts, workdir, env)
 
 
-def _start_services(stack: ExitStack, ports: dict[str, int], registry: Path, config: Path, env: dict, workdir: Path) -> None:
+def _start_services(
+    stack: ExitStack, ports: dict[str, int], registry: Path, config: Path, env: dict, workdir: Path, litellm: Path | None
+) -> None:
     """The stub upstream on core 1; the ERP proxy and LiteLLM's proxy on core 0; each stopped when ``stack`` closes."""
     bin_dir = Path(sys.executable).parent
     services = {
@@ -203,7 +205,7 @@ def _start_services(stack: ExitStack, ports: dict[str, int], registry: Path, con
             "/healthz",
         ),
         "litellm": (
-            ["taskset", "-c", "0", str(bin_dir / "litellm"), "--config", str(config), "--port", str(ports["litellm"]),
+            ["taskset", "-c", "0", str(litellm or bin_dir / "litellm"), "--config", str(config), "--port", str(ports["litellm"]),
              "--host", "127.0.0.1", "--num_workers", "1"],
             "/health/liveliness",
         ),
@@ -250,6 +252,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="routing dataset to fit on and draw prompts from")
     parser.add_argument("--registry", type=Path, default=REPO / "model_registry.yaml", help="pool to copy")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "erp-bench-proxy")
+    parser.add_argument(
+        "--litellm", type=Path, help="LiteLLM proxy executable (default: this venv's; its `bench` extra pins may clash)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=300, help="requests per run at concurrency 1 and 8")
     parser.add_argument("--repeat-set", type=int, default=50, help="distinct prompts of the cached-decision run")

@@ -74,19 +74,30 @@ class Dispatcher:
             done, value = _advance(steps, outcome)
         return self._finish(call, value, asynchronous=False)
 
-    async def arun(self, call: Call) -> RoutedCompletion | AsyncRoutedStream:
-        """Serve ``call`` through ``litellm.acompletion``; the ledger's store work runs in worker threads."""
-        steps = self._attempts(call)
-        done, value = await asyncio.to_thread(_advance, steps, None)
+    async def arun(self, plan: Callable[[], Call]) -> RoutedCompletion | AsyncRoutedStream:
+        """Plan the call and serve it through ``litellm.acompletion``.
+
+        Planning (the decision) and the ledger's store work run in worker threads, one hop before the first
+        attempt and one after each: the decision with the first reservation, the last outcome with the settling.
+        """
+        call, steps, (done, value) = await asyncio.to_thread(self._start, plan)
         while not done:
             try:
                 outcome: Outcome = (await self._acall(value, call.stream), None)
             except Exception as exc:
                 outcome = (None, exc)
-            done, value = await asyncio.to_thread(_advance, steps, outcome)
-        if call.stream:
-            return self._finish(call, value, asynchronous=True)
-        return await asyncio.to_thread(self._finish, call, value, False)
+            done, value = await asyncio.to_thread(self._step, call, steps, outcome)
+        return value
+
+    def _start(self, plan: Callable[[], Call]) -> tuple[Call, Generator, tuple[bool, Any]]:
+        call = plan()
+        steps = self._attempts(call)
+        return call, steps, _advance(steps, None)
+
+    def _step(self, call: Call, steps: Generator, outcome: Outcome) -> tuple[bool, Any]:
+        """The next attempt's arguments, or the finished result (a completion settled, or a stream to read)."""
+        done, value = _advance(steps, outcome)
+        return (True, self._finish(call, value, asynchronous=True)) if done else (False, value)
 
     def _attempts(self, call: Call) -> Generator[dict, Outcome, Any]:
         """Yield each attempt's LiteLLM arguments, receive its outcome; return the first success's response."""

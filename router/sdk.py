@@ -7,7 +7,6 @@ call into the engine), the dispatcher (the attempt loop with fallbacks, sync and
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from pathlib import Path
@@ -105,10 +104,9 @@ class Router:
         **openai_kwargs: Any,
     ) -> RoutedCompletion | AsyncRoutedStream:
         """``complete`` through ``litellm.acompletion``; the decision and the store run in worker threads."""
-        call = await asyncio.to_thread(
-            self._plan, messages, lambda_, models, max_cost, model, stream, spend_key, budget_usd, openai_kwargs
+        return await self.dispatcher.arun(
+            lambda: self._plan(messages, lambda_, models, max_cost, model, stream, spend_key, budget_usd, openai_kwargs)
         )
-        return await self.dispatcher.arun(call)
 
     def _plan(
         self,
