@@ -14,11 +14,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterable
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from router.errors import InvalidRequestError, RoutingError
@@ -194,7 +195,12 @@ async def chat_completions(
     headers = routing_headers(result.record)
     if isinstance(result, RoutedCompletion):
         return Response(result.response.model_dump_json(), media_type="application/json", headers=headers)
-    return StreamingResponse(_server_sent_events(result), media_type="text/event-stream", headers=headers)
+    events = _server_sent_events(result)
+    # A client that disconnects cancels the response while the generators sit at a yield; closing them in the
+    # background task (which Starlette runs after a disconnect too) settles the stream's spend at once.
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers=headers, background=BackgroundTask(events.aclose)
+    )
 
 
 @routes.get("/v1/models", responses=_ERRORS)
@@ -281,14 +287,20 @@ def create_app(router: Router, metrics: Metrics | None = None) -> FastAPI:
     return app
 
 
-async def _server_sent_events(stream: AsyncIterator[Any]) -> AsyncIterator[str]:
-    """OpenAI chunk events, then [DONE]; a mid-stream failure ends with an error event instead."""
+async def _server_sent_events(stream: AsyncIterable[Any]) -> AsyncGenerator[str, None]:
+    """OpenAI chunk events, then [DONE]; a mid-stream failure ends with an error event instead.
+
+    Closing this generator closes the routed stream too, so its spend is settled however the response ends.
+    """
+    chunks = aiter(stream)
     try:
-        async for chunk in stream:
+        async for chunk in chunks:
             yield f"data: {chunk.model_dump_json(exclude_none=True)}\n\n"
     except RoutingError as exc:
         yield f"data: {exc.body().model_dump_json(exclude_none=True)}\n\n"
         return
+    finally:
+        await chunks.aclose()
     yield "data: [DONE]\n\n"
 
 
