@@ -71,8 +71,8 @@ class Dispatcher:
                 outcome: Outcome = (self._call(value, call.stream), None)
             except Exception as exc:
                 outcome = (None, exc)
-            done, value = _advance(steps, outcome)
-        return self._finish(call, value, asynchronous=False)
+            done, value = self._step(call, steps, outcome, asynchronous=False)
+        return value
 
     async def arun(self, plan: Callable[[], Call]) -> RoutedCompletion | AsyncRoutedStream:
         """Plan the call and serve it through ``litellm.acompletion``.
@@ -86,7 +86,7 @@ class Dispatcher:
                 outcome: Outcome = (await self._acall(value, call.stream), None)
             except Exception as exc:
                 outcome = (None, exc)
-            done, value = await asyncio.to_thread(self._step, call, steps, outcome)
+            done, value = await asyncio.to_thread(self._step, call, steps, outcome, True)
         return value
 
     def _start(self, plan: Callable[[], Call]) -> tuple[Call, Generator, tuple[bool, Any]]:
@@ -94,10 +94,10 @@ class Dispatcher:
         steps = self._attempts(call)
         return call, steps, _advance(steps, None)
 
-    def _step(self, call: Call, steps: Generator, outcome: Outcome) -> tuple[bool, Any]:
+    def _step(self, call: Call, steps: Generator, outcome: Outcome, asynchronous: bool) -> tuple[bool, Any]:
         """The next attempt's arguments, or the finished result (a completion settled, or a stream to read)."""
         done, value = _advance(steps, outcome)
-        return (True, self._finish(call, value, asynchronous=True)) if done else (False, value)
+        return (True, self._finish(call, value, asynchronous)) if done else (False, value)
 
     def _attempts(self, call: Call) -> Generator[dict, Outcome, Any]:
         """Yield each attempt's LiteLLM arguments, receive its outcome; return the first success's response."""

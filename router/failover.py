@@ -101,7 +101,7 @@ class FailoverStore(Store):
 
     @property
     def pending(self) -> tuple[int, int]:
-        """(counters with unreplayed increments, unreplayed log entries), for health checks and tests."""
+        """(counters with unreplayed increments, unreplayed log entries): what an outage still owes Redis."""
         with self._lock:
             spend = set(self._pending_spend) | {c for b in self._inflight for c in b.spend}
             return len(spend), len(self._pending_log) + sum(len(b.entries) for b in self._inflight)

@@ -183,9 +183,9 @@ class ChatCompletionRequest(ChatParameters):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
 
-    def parameters(self) -> ChatParameters:
-        """The forwarded parameters alone (without model, messages and stream)."""
-        return ChatParameters.model_validate(self.model_dump(exclude={"model", "messages", "stream"}, exclude_none=True))
+    def forwarded(self) -> dict[str, Any]:
+        """The validated OpenAI parameters the caller set, without model, messages and stream."""
+        return self.model_dump(exclude={"model", "messages", "stream"}, exclude_none=True)
 
 
 class ModelCard(BaseModel):

@@ -190,7 +190,7 @@ async def chat_completions(
         stream=chat.stream,
         spend_key=client.name if client else None,
         budget_usd=client.budget_usd if client else None,
-        **chat.parameters().forwarded(),
+        **chat.forwarded(),
     )
     headers = routing_headers(result.record)
     if isinstance(result, RoutedCompletion):

@@ -296,5 +296,8 @@ def open_store(
     if not redis_url:
         return memory
     return FailoverStore(
-        RedisStore(redis_url, ttl_s, log_max_len), memory, outage_allowance_usd=outage_allowance_usd
+        RedisStore(redis_url, ttl_s, log_max_len),
+        memory,
+        outage_allowance_usd=outage_allowance_usd,
+        journal_max_bytes=log_max_bytes,
     )
