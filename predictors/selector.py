@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 from sklearn.base import BaseEstimator
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
@@ -120,11 +121,11 @@ class TokenRewardSelector(BaseEstimator):
         ``describe()``, kept as ``feature_source_`` so a caller can check it scores with the same source."""
         answers = check_answers(X)
         labels = torch.as_tensor(_check_labels(y, len(answers)))
-        stacked = np.concatenate(answers)
-        self.n_features_in_ = stacked.shape[1]
-        self.mean_ = stacked.mean(axis=0)
-        spread = stacked.std(axis=0)
-        self.scale_ = np.where(spread > 1e-12, spread, 1.0).astype(np.float32)  # a constant feature stays as it is
+        scaler = StandardScaler()
+        for answer in answers:  # one answer at a time: hidden-state tokens stacked would be a second copy of X
+            scaler.partial_fit(answer)
+        self.n_features_in_ = scaler.n_features_in_
+        self.mean_, self.scale_ = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
         tokens = [torch.as_tensor(answer) for answer in self._standardized(answers)]
         generator = seeded_generator(self.random_state)
         val, train = validation_split(len(tokens), generator)
