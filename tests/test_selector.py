@@ -247,3 +247,14 @@ def test_hidden_states_do_not_depend_on_the_batch(smollm2) -> None:
     choices = [{"message": {"content": long}}, {"message": {"content": short}}]
     np.testing.assert_allclose(smollm2.features(QUESTION, choices)[1], alone, rtol=1e-4, atol=1e-4)
     assert not np.allclose(batched[0][: len(alone)], alone, atol=1e-2)  # a different answer has other features
+
+
+@needs_smollm2
+def test_answer_tokens_are_the_ones_llama_cpp_generates(smollm2) -> None:
+    """The features' tokens are llama.cpp's (which serves the answers), ending with its end-of-sequence token."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model_path=str(smollm2.gguf), vocab_only=True, verbose=False)
+    for text in ["She has 12 + 5 = 17 apples.\nAnswer: 17", "  spaced   out!! 1234567 ünïcødé", "<|im_end|>"]:
+        expected = [*vocab.tokenize(text.encode(), add_bos=False, special=True), vocab.token_eos()]
+        assert smollm2.answer_ids(text) == expected
