@@ -1,12 +1,13 @@
 """Seeded arithmetic word problems with reference answers, written as a routing dataset's prompts.parquet.
 
-Each problem starts with a quantity and applies one to five operations (add, subtract, multiply, divide),
-with operands of one to four digits; every intermediate value is a non-negative integer and divisions are
-exact. Steps and digits are balanced over the set (category ``N-step``, source ``D-digit``). Distinct
-number-free filler sentences are mixed in, more of them on average the fewer the steps (0 to
-``MAX_STEPS - steps + 2``), so a prompt's length says little about how hard it is.
+Each problem starts with a quantity and applies one to ``--max-steps`` operations (add, subtract, multiply,
+divide; at most five), with operands of one to ``--max-digits`` digits (at most four); every intermediate value
+is a non-negative integer and divisions are exact. Steps and digits are balanced over the set (category
+``N-step``, source ``D-digit``). Distinct number-free filler sentences are mixed in, more of them on average
+the fewer the steps (0 to ``max_steps - steps + 2``), so a prompt's length says little about how hard it is.
 
     python -m benchmarks.arithmetic_problems --n 600 --seed 0 --out data/arithmetic
+    python -m benchmarks.arithmetic_problems --n 300 --max-steps 3 --max-digits 2 --out data/arithmetic-easy
 
 writes ``DIR/prompts.parquet`` with ``prompt_id, prompt, category, source, prompt_chars, answer`` (the
 answer as a string, read by ``predictors.scorers.answer.AnswerScorer``). The same seed gives the same file.
@@ -105,7 +106,7 @@ def _sentence(rng: np.random.Generator, options: list[str], words: dict[str, str
     return text[0].upper() + text[1:]
 
 
-def make_problem(rng: np.random.Generator, steps: int, digits: int, prompt_id: str) -> Problem:
+def make_problem(rng: np.random.Generator, steps: int, digits: int, prompt_id: str, max_steps: int = MAX_STEPS) -> Problem:
     """One problem with `steps` operations on `digits`-digit operands, in randomly chosen words."""
     name, pronoun = NAMES[int(rng.integers(len(NAMES)))]
     words = {"name": name, "Name": name, "pronoun": pronoun, "Pronoun": pronoun.capitalize(),
@@ -118,19 +119,21 @@ def make_problem(rng: np.random.Generator, steps: int, digits: int, prompt_id: s
         operations.append(step)
         value = apply(value, step)
         sentences.append(_sentence(rng, TEMPLATES[step.op], words, step.operand))
-    fillers = rng.permutation(len(FILLERS))[: int(rng.integers(0, MAX_STEPS - steps + 3))]
+    fillers = rng.permutation(len(FILLERS))[: int(rng.integers(0, max_steps - steps + 3))]
     for index in fillers:
         sentences.insert(int(rng.integers(1, len(sentences) + 1)), _sentence(rng, [FILLERS[index]], words))
     sentences.append(_sentence(rng, QUESTIONS, words))
     return Problem(prompt_id, " ".join(sentences), start, tuple(operations), digits, value)
 
 
-def generate(n: int, seed: int) -> list[Problem]:
-    """`n` problems, steps and digits cycling over 1..MAX_STEPS x 1..MAX_DIGITS, then shuffled; seeded."""
+def generate(n: int, seed: int, max_steps: int = MAX_STEPS, max_digits: int = MAX_DIGITS) -> list[Problem]:
+    """`n` problems, steps and digits cycling over 1..max_steps x 1..max_digits, then shuffled; seeded."""
+    if not (1 <= max_steps <= MAX_STEPS and 1 <= max_digits <= MAX_DIGITS):
+        raise ValueError(f"max_steps must be in 1..{MAX_STEPS} and max_digits in 1..{MAX_DIGITS}")
     rng = np.random.default_rng(seed)
-    grid = [(1 + i % MAX_STEPS, 1 + (i // MAX_STEPS) % MAX_DIGITS) for i in range(n)]
+    grid = [(1 + i % max_steps, 1 + (i // max_steps) % max_digits) for i in range(n)]
     order = rng.permutation(n)
-    return [make_problem(rng, *grid[j], f"arith-s{seed}-{i:05d}") for i, j in enumerate(order)]
+    return [make_problem(rng, *grid[j], f"arith-s{seed}-{i:05d}", max_steps) for i, j in enumerate(order)]
 
 
 def to_frame(problems: list[Problem]) -> pd.DataFrame:
@@ -151,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.arithmetic_problems", description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=600, help="number of problems")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=MAX_STEPS, help=f"most operations per problem (1..{MAX_STEPS})")
+    parser.add_argument("--max-digits", type=int, default=MAX_DIGITS, help=f"most digits per operand (1..{MAX_DIGITS})")
     parser.add_argument("--out", required=True, help="folder for prompts.parquet")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
-    frame = to_frame(generate(args.n, args.seed))
+    try:
+        frame = to_frame(generate(args.n, args.seed, args.max_steps, args.max_digits))
+    except ValueError as exc:
+        parser.error(str(exc))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out / "prompts.parquet", index=False)

@@ -69,6 +69,7 @@ def _collect(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         timeout_s=args.timeout,
         retries=args.retries,
+        logprobs=args.logprobs,
     )
     config = CollectConfig(
         prompts=Path(args.prompts),
@@ -82,6 +83,26 @@ def _collect(args: argparse.Namespace) -> int:
         sampling=sampling,
     )
     return run_collect(config)
+
+
+def _fit_selector(args: argparse.Namespace) -> None:
+    from predictors.token_features import MissingLogprobsError
+    from router.selector_fitting import fit_selector
+
+    try:
+        layers = [int(part) for part in args.layers.split(",")] if args.layers else None
+    except ValueError:
+        raise UsageError(f"--layers {args.layers!r}: give comma-separated integers, e.g. -4,-3,-2,-1") from None
+    try:
+        fitted = fit_selector(
+            Path(args.registry), Path(args.data), args.model, args.source, Path(args.out), args.top_k, layers, args.seed
+        )
+    except MissingLogprobsError as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"{args.model}: selector on {args.source} fitted on {fitted.answers} answers to {fitted.prompts} prompts "
+        f"({fitted.right:.1%} right), {fitted.parameters} parameters -> {args.out}"
+    )
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -155,7 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--max-tokens", type=int, default=1024, help="response budget per call")
     collect.add_argument("--timeout", type=float, default=120.0, help="seconds per call attempt")
     collect.add_argument("--retries", type=int, default=4, help="retries per call on 429, 5xx, timeouts")
+    collect.add_argument(
+        "--logprobs", type=int, metavar="K", help="keep per-token log-probabilities with K alternatives (for erp fit-selector)"
+    )
     collect.set_defaults(handler=_collect)
+
+    selector = sub.add_parser("fit-selector", help="fit a best-of-N selector on a candidate's collected samples")
+    selector.add_argument("--data", required=True, help="an `erp collect` --out folder with the candidate's samples")
+    selector.add_argument("--model", required=True, help="the candidate (MODEL or MODEL@ARM) whose samples to learn from")
+    selector.add_argument("--out", required=True, help="selector file to write (name it in the arm's selector:)")
+    selector.add_argument("--source", default="hidden_states", choices=("hidden_states", "logprobs"))
+    selector.add_argument("--top-k", type=int, default=5, help="alternatives per token (logprobs source)")
+    selector.add_argument("--layers", help="comma-separated hidden-state layers (default -4,-3,-2,-1)")
+    selector.add_argument("--registry", default=DEFAULT_REGISTRY)
+    selector.add_argument("--seed", type=int, default=0)
+    selector.set_defaults(handler=_fit_selector)
 
     serve = sub.add_parser("serve", help="run the OpenAI-compatible routing proxy (state in Redis if REDIS_URL is set)")
     serve.add_argument("--registry", default=DEFAULT_REGISTRY)

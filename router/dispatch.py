@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from predictors.litellm_offline import litellm
 from predictors.scorers.completion import is_transient
+from router.best_of import SelectionError, Selectors, as_chunks, merge_responses
 from router.errors import BudgetExceededError, BudgetUnavailableError, RoutingError, UpstreamError
 from router.ledger import Budget, Ledger, Reservation, Usage, counted_usage, reported_usage
 from router.registry import ModelEntry
@@ -49,6 +51,15 @@ class Call:
     rejected: bool = False
 
 
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """One attempt's upstream calls (several for a best-of-N candidate sampled call by call) and whether the
+    caller reads the answer as a stream."""
+
+    calls: list[dict]
+    stream: bool
+
+
 @dataclass
 class RoutedCompletion:
     """LiteLLM's response and how it was routed."""
@@ -58,9 +69,10 @@ class RoutedCompletion:
 
 
 class Dispatcher:
-    def __init__(self, ledger: Ledger, timeout_s: float) -> None:
+    def __init__(self, ledger: Ledger, timeout_s: float, selectors: Selectors) -> None:
         self.ledger = ledger
         self.timeout_s = timeout_s
+        self.selectors = selectors
 
     def run(self, call: Call) -> RoutedCompletion | RoutedStream:
         """Serve ``call`` through ``litellm.completion``."""
@@ -68,7 +80,7 @@ class Dispatcher:
         done, value = _advance(steps, None)
         while not done:
             try:
-                outcome: Outcome = (self._call(value, call.stream), None)
+                outcome: Outcome = (self._call(value), None)
             except Exception as exc:
                 outcome = (None, exc)
             done, value = self._step(call, steps, outcome, asynchronous=False)
@@ -83,7 +95,7 @@ class Dispatcher:
         call, steps, (done, value) = await asyncio.to_thread(self._start, plan)
         while not done:
             try:
-                outcome: Outcome = (await self._acall(value, call.stream), None)
+                outcome: Outcome = (await self._acall(value), None)
             except Exception as exc:
                 outcome = (None, exc)
             done, value = await asyncio.to_thread(self._step, call, steps, outcome, True)
@@ -99,8 +111,9 @@ class Dispatcher:
         done, value = _advance(steps, outcome)
         return (True, self._finish(call, value, asynchronous)) if done else (False, value)
 
-    def _attempts(self, call: Call) -> Generator[dict, Outcome, Any]:
-        """Yield each attempt's LiteLLM arguments, receive its outcome; return the first success's response."""
+    def _attempts(self, call: Call) -> Generator[UpstreamRequest, Outcome, Any]:
+        """Yield each attempt's upstream calls, receive its outcome; return the first success's response (for a
+        best-of-N candidate, reduced to the selector's pick)."""
         for entry in call.entries:
             started = time.perf_counter()
             messages, params = entry_request(entry, call.messages, call.params)
@@ -109,7 +122,9 @@ class Dispatcher:
             except (BudgetExceededError, BudgetUnavailableError) as exc:
                 self._record_failure(call, entry, exc, started)
                 continue
-            response, error = yield self._arguments(entry, messages, params, call.stream, reservation)
+            response, error = yield self._request(entry, messages, params, call.stream, reservation)
+            if error is None and entry.best_of:
+                response = self._select(call, entry, messages, response, reservation, started)
             if error is None:
                 call.reservation = reservation
                 call.record.model = entry.name
@@ -123,10 +138,32 @@ class Dispatcher:
         self.ledger.settle(call.record, call.reservation, None)
         raise _exhausted(call)
 
+    def _request(
+        self, entry: ModelEntry, messages: list[dict], params: ChatParameters, stream: bool, reservation: Reservation
+    ) -> UpstreamRequest:
+        """The allow-listed parameters, then the registry's connection settings, which always win; a best-of-N
+        candidate's samples are not streamed (the answer streams once chosen)."""
+        args = self._arguments(entry, messages, params, stream, reservation)
+        if entry.best_of:
+            return UpstreamRequest(self.selectors.request_arguments(entry, args), stream=False)
+        return UpstreamRequest([args], stream)
+
+    def _select(
+        self, call: Call, entry: ModelEntry, messages: list[dict], response: Any, reservation: Reservation, started: float
+    ) -> Any:
+        """The best-scored sample; samples that cannot be scored are charged, and the request fails (502)."""
+        try:
+            response, call.record.best_of = self.selectors.pick(entry, messages, response)
+        except SelectionError as exc:
+            call.record.model = entry.name
+            self._record_failure(call, entry, exc, started)
+            self.ledger.settle(call.record, reservation, reported_usage(getattr(response, "usage", None)))
+            raise UpstreamError(str(exc), call.record, status=502) from exc
+        return response
+
     def _arguments(
         self, entry: ModelEntry, messages: list[dict], params: ChatParameters, stream: bool, reservation: Reservation
     ) -> dict:
-        """The allow-listed parameters, then the registry's connection settings, which always win."""
         args = params.forwarded()
         if reservation.max_output_tokens is not None:
             cap_name = "max_completion_tokens" if params.max_completion_tokens else "max_tokens"
@@ -145,14 +182,21 @@ class Dispatcher:
         return {name: value for name, value in args.items() if value is not None}
 
     @staticmethod
-    def _call(args: dict, stream: bool) -> Any:
-        response = litellm.completion(**args)
-        return _prefetch(response) if stream else response
+    def _call(request: UpstreamRequest) -> Any:
+        if len(request.calls) > 1:
+            with ThreadPoolExecutor(len(request.calls)) as pool:
+                outcomes = list(pool.map(_outcome_of(litellm.completion), request.calls))
+            return _merged(outcomes)
+        response = litellm.completion(**request.calls[0])
+        return _prefetch(response) if request.stream else response
 
     @staticmethod
-    async def _acall(args: dict, stream: bool) -> Any:
-        response = await litellm.acompletion(**args)
-        return await _aprefetch(response) if stream else response
+    async def _acall(request: UpstreamRequest) -> Any:
+        if len(request.calls) > 1:
+            outcomes = await asyncio.gather(*(litellm.acompletion(**args) for args in request.calls), return_exceptions=True)
+            return _merged(list(outcomes))
+        response = await litellm.acompletion(**request.calls[0])
+        return await _aprefetch(response) if request.stream else response
 
     def _record_failure(self, call: Call, entry: ModelEntry, exc: Exception, started: float) -> None:
         status = getattr(exc, "status_code", None)
@@ -172,7 +216,7 @@ class Dispatcher:
         if not call.stream:
             self.ledger.settle(call.record, call.reservation, reported_usage(getattr(response, "usage", None)))
             return RoutedCompletion(response, call.record)
-        prefetched, rest = response
+        prefetched, rest = response if isinstance(response, tuple) else (as_chunks(response), _nothing(asynchronous))
         stream_type = AsyncRoutedStream if asynchronous else RoutedStream
         return stream_type(call, prefetched, rest, self.ledger)
 
@@ -190,6 +234,37 @@ def entry_request(entry: ModelEntry, messages: list[dict], params: ChatParameter
         if cap in entry.params and getattr(params, cap):
             merged[cap] = min(entry.params[cap], getattr(params, cap))
     return messages, ChatParameters.model_validate(merged)
+
+
+def _outcome_of(function: Callable[..., Any]) -> Callable[[dict], Any]:
+    """``function(**args)``, returning an exception instead of raising it (like ``gather(return_exceptions=True)``)."""
+
+    def call(args: dict) -> Any:
+        try:
+            return function(**args)
+        except Exception as exc:
+            return exc
+
+    return call
+
+
+def _nothing(asynchronous: bool) -> Iterator | AsyncIterator:
+    """An empty rest of a stream whose chunks were all made up front."""
+
+    async def empty() -> AsyncIterator:
+        return
+        yield
+
+    return empty() if asynchronous else iter(())
+
+
+def _merged(outcomes: list[Any]) -> Any:
+    """The successful calls' responses as one; the first error only when every call failed (what did answer is
+    used and charged, never dropped)."""
+    responses = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+    if not responses:
+        raise outcomes[0]
+    return merge_responses(responses)
 
 
 def redact(text: str, entries: list[ModelEntry]) -> str:

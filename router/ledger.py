@@ -108,6 +108,8 @@ class Ledger:
         self.store = store
         self.prices = {entry.name: row for entry, row in zip(entries, usd_per_token, strict=True)}
         self.output_caps = {entry.name: output_token_cap(entry, settings) for entry in entries}
+        self.samples = {entry.name: entry.best_of or 1 for entry in entries}
+        self.input_copies = {e.name: e.best_of if e.best_of and e.best_of_sampling == "calls" else 1 for e in entries}
         self.hooks: list[RecordHook] = []
 
     def cost(self, model: str, usage: Usage) -> float:
@@ -115,14 +117,16 @@ class Ledger:
         return float(token_cost(usage.prompt_tokens, usage.completion_tokens, self.prices[model]))
 
     def reserve(self, model: str, budget: Budget | None, messages: list[dict], params: ChatParameters) -> Reservation:
-        """Hold the worst-case cost of one attempt of ``model`` against the budget; raises when it cannot."""
+        """Hold the worst-case cost of one attempt of ``model`` against the budget; raises when it cannot.
+        A best-of-N candidate holds N samples' output (and N inputs when it is sampled call by call)."""
         if budget is None or budget.budget_usd is None:
             return Reservation()
         counter = key_counter(budget.spend_key)
-        choices = params.n or 1
+        choices = self.samples[model] if self.samples[model] > 1 else params.n or 1
         explicit = params.output_tokens_cap
         cap = explicit or self.output_caps[model]
-        input_usd = float(token_cost(input_token_bound(messages, params), 0, self.prices[model]))
+        input_tokens = input_token_bound(messages, params) * self.input_copies[model]
+        input_usd = float(token_cost(input_tokens, 0, self.prices[model]))
         per_token = float(self.prices[model][1]) * choices
         want = input_usd + cap * per_token
         least = want if explicit else input_usd + min(cap, MIN_CLAMPED_OUTPUT_TOKENS) * per_token

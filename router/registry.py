@@ -38,9 +38,27 @@ def _allowed_call_parameters(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"params.{where}: {error['msg']} (allowed: {', '.join(ChatParameters.model_fields)})") from None
 
 
-class ArmEntry(BaseModel):
-    """One configuration of a model (a reasoning effort, a prompt style, a token budget), routed as the candidate
-    ``MODEL@ARM`` with its own predictor."""
+class BestOfSettings(BaseModel):
+    """Best-of-N sampling: ask for ``best_of`` answers, keep the one the fitted ``selector`` scores highest."""
+
+    best_of: int | None = Field(None, ge=2, le=32, description="answers sampled per request; the selector keeps one")
+    selector: Path | None = Field(None, description="fitted selector file (`erp fit-selector`), relative to the registry")
+    best_of_sampling: Literal["n", "calls"] = Field(
+        "n", description="'n': one call asking for best_of choices; 'calls': best_of calls (servers that ignore n)"
+    )
+
+    @model_validator(mode="after")
+    def _selector_with_best_of(self) -> "BestOfSettings":
+        if self.best_of is not None and self.selector is None:
+            raise ValueError("best_of needs selector: PATH, a fitted selector (fit one with `erp fit-selector`)")
+        if self.selector is not None and self.best_of is None:
+            raise ValueError("selector is only used with best_of: N; set best_of or remove selector")
+        return self
+
+
+class ArmEntry(BestOfSettings):
+    """One configuration of a model (a reasoning effort, a prompt style, a token budget, best-of-N sampling),
+    routed as the candidate ``MODEL@ARM`` with its own predictor."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,7 +73,7 @@ class ArmEntry(BaseModel):
     _params_allowed = field_validator("params")(_allowed_call_parameters)
 
 
-class ModelEntry(BaseModel):
+class ModelEntry(BestOfSettings):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
@@ -87,6 +105,8 @@ class ModelEntry(BaseModel):
             raise ValueError("missing predictor: set predictor, or declare arms, each with its own predictor")
         if self.arms and self.predictor is not None:
             raise ValueError("a model with arms is routed through its arms: move predictor onto each arm")
+        if self.arms and self.best_of is not None:
+            raise ValueError("a model with arms is routed through its arms: move best_of and selector onto an arm")
         names = [arm.name for arm in self.arms]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -107,6 +127,9 @@ class ModelEntry(BaseModel):
                     "predictor": arm.predictor,
                     "default_output_tokens": arm.default_output_tokens or self.default_output_tokens,
                     "max_output_tokens": arm.max_output_tokens or self.max_output_tokens,
+                    "best_of": arm.best_of,
+                    "selector": arm.selector,
+                    "best_of_sampling": arm.best_of_sampling,
                     "arms": [],
                     "enabled": self.enabled and arm.enabled,
                 }
@@ -283,13 +306,21 @@ class Registry(BaseModel):
             )
         for entry in self.enabled:
             if not self.path_of(entry.predictor).is_file():
-                i = self.index_of(entry.name)
-                arm = entry.name.partition(ARM_SEPARATOR)[2]
-                key = f"models[{i}].arms[{[a.name for a in self.models[i].arms].index(arm)}]" if arm else f"models[{i}]"
                 raise RegistryError(
-                    f"{self.source}: key '{key}.predictor': file {self.path_of(entry.predictor)} not found; "
-                    f"fix: run `erp fit --data DIR --model {entry.name}` (or set enabled: false)"
+                    f"{self.source}: key '{self.key_of(entry.name)}.predictor': file {self.path_of(entry.predictor)} "
+                    f"not found; fix: run `erp fit --data DIR --model {entry.name}` (or set enabled: false)"
                 )
+            if entry.selector is not None and not self.path_of(entry.selector).is_file():
+                raise RegistryError(
+                    f"{self.source}: key '{self.key_of(entry.name)}.selector': file {self.path_of(entry.selector)} "
+                    f"not found; fix: run `erp fit-selector --data DIR --model {entry.name} --out PATH`"
+                )
+
+    def key_of(self, name: str) -> str:
+        """The registry key of a candidate, for error messages: models[i] or models[i].arms[j]."""
+        i = self.index_of(name)
+        arm = name.partition(ARM_SEPARATOR)[2]
+        return f"models[{i}].arms[{[a.name for a in self.models[i].arms].index(arm)}]" if arm else f"models[{i}]"
 
 
 def output_token_cap(entry: ModelEntry, settings: ServingSettings) -> int:

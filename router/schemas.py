@@ -25,6 +25,14 @@ class Attempt(BaseModel):
     error: str | None = None
 
 
+class BestOfRecord(BaseModel):
+    """How a best-of-N candidate chose its answer: every sample's selector score and the winner."""
+
+    scores: list[float] = Field(description="the selector's score (a logit) of each sample, in sampling order")
+    chosen: int = Field(description="index of the sample answered with (the highest score)")
+    selector: str = Field(description="the selector file's name")
+
+
 class RoutingRecord(BaseModel):
     """Everything about one request's routing, kept with the response and appended to the decision log."""
 
@@ -42,6 +50,7 @@ class RoutingRecord(BaseModel):
     reasoning_tokens: int | None = Field(None, description="of the completion tokens, those spent reasoning")
     realized_cost_usd: float | None = Field(None, description="from the response's usage and the registry's prices")
     spend_key: str | None = Field(None, description="the API key's name the spend is charged to")
+    best_of: BestOfRecord | None = Field(None, description="set when the answering candidate is a best-of-N one")
 
     def candidate(self, model: str) -> CandidateRecord | None:
         return next((c for c in self.candidates if c.model == model), None)

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from router.decider import Decider, check_messages
+from router.best_of import Selectors
 from router.dispatch import AsyncRoutedStream, Call, Dispatcher, RoutedCompletion, RoutedStream
 from router.engine import Decision, RoutingEngine
 from router.errors import InvalidRequestError, ModelNotFoundError
@@ -36,7 +37,7 @@ class Router:
         self.entries = {entry.name: entry for entry in engine.registry.enabled}
         self.decider = Decider(engine, self.store, self.settings.context_chars, self.settings.max_prompt_chars)
         self.ledger = Ledger(self.store, engine.registry.enabled, engine.usd_per_token, self.settings)
-        self.dispatcher = Dispatcher(self.ledger, self.settings.timeout_s)
+        self.dispatcher = Dispatcher(self.ledger, self.settings.timeout_s, Selectors(engine.registry))
         if on_record is not None:
             self.subscribe(on_record)
 

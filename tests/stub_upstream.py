@@ -8,7 +8,9 @@ without a usage chunk. Answers stop at the request's ``max_tokens`` (one token p
 Judge tests script the answers: ``StubState.replies[model]`` is a list of texts (one per call, in order,
 then the echo again) or a function of the request's messages; ``StubState.logprobs[model]`` is a
 token -> probability dict (or a function of the messages giving one) returned as the first token's
-``top_logprobs`` in OpenAI's format, the likeliest token being the answer.
+``top_logprobs`` in OpenAI's format, the likeliest token being the answer. ``StubState.token_confidence[model]``
+(a function of the answer text giving a probability) gives every token of the answer that probability in
+``logprobs`` when the request asks for them. A non-streamed request's ``n`` is honoured (n answers, usage summed).
 Run standalone (``python -m tests.stub_upstream --port 9000``) for the benchmarks.
 """
 
@@ -65,6 +67,7 @@ class StubState:
     fail_first: dict[str, tuple[int, Failure]] = field(default_factory=dict)
     replies: dict[str, Replies] = field(default_factory=dict)
     logprobs: dict[str, Logprobs] = field(default_factory=dict)
+    token_confidence: dict[str, Callable[[str], float]] = field(default_factory=dict)
     hang_s: float = 5.0
     delay_s: float = 0.0  # added to every answer, to keep a run in flight
     answer_words: int = 0  # when set, unscripted answers are this many distinct words (long answers)
@@ -72,7 +75,7 @@ class StubState:
     hits: deque[Hit] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def reset(self) -> None:
-        for planned in (self.failures, self.fail_first, self.replies, self.logprobs, self.reasoning_tokens):
+        for planned in (self.failures, self.fail_first, self.replies, self.logprobs, self.reasoning_tokens, self.token_confidence):
             planned.clear()
         self.hits.clear()
         self.delay_s = 0.0
@@ -117,6 +120,18 @@ def _logprobs_body(probabilities: dict[str, float]) -> dict:
     ranked = sorted(probabilities.items(), key=lambda item: -item[1])
     top = [{"token": token, "logprob": math.log(p), "bytes": list(token.encode())} for token, p in ranked]
     return {"content": [{**top[0], "top_logprobs": top}]}
+
+
+def _token_logprobs(answer: str, probability: float) -> dict:
+    """Every word of ``answer`` as a token of this probability, with one alternative taking the rest."""
+    rest = max(1.0 - probability, 1e-6)
+    return {
+        "content": [
+            {"token": word, "logprob": math.log(probability),
+             "top_logprobs": [{"token": word, "logprob": math.log(probability)}, {"token": "~", "logprob": math.log(rest)}]}
+            for word in answer.split(" ")
+        ]
+    }
 
 
 def usage_for(messages: list[dict], answer: str) -> dict:
@@ -166,11 +181,11 @@ def create_stub_app(state: StubState) -> FastAPI:
         if failure == "401":  # like a provider that echoes the key it was given
             message = f"Incorrect API key provided: {request.headers.get('authorization')}"
             return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=401)
-        answer, logprobs = state.reply_for(model, messages)
-        cap = body.get("max_completion_tokens") or body.get("max_tokens")
-        if cap:  # a real upstream stops at the output cap; the stub's tokens are words
-            answer = " ".join(answer.split(" ")[:cap])
+        answers = [_answer(state, model, messages, body) for _ in range(1 if stream else int(body.get("n") or 1))]
+        answer, logprobs = answers[0]
         usage = usage_for(messages, answer)
+        usage["completion_tokens"] = sum(len(text.split()) for text, _ in answers)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if model in state.reasoning_tokens:  # OpenAI's convention: reasoning is part of completion_tokens
             reasoning = state.reasoning_tokens[model]
             usage["completion_tokens"] += reasoning
@@ -188,17 +203,24 @@ def create_stub_app(state: StubState) -> FastAPI:
             "created": int(time.time()),
             "model": model,
             "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer},
-                    "logprobs": logprobs,
-                    "finish_reason": "stop",
-                }
+                {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": "stop"}
+                for i, (text, lp) in enumerate(answers)
             ],
             "usage": usage,
         }
 
     return app
+
+
+def _answer(state: StubState, model: str, messages: list[dict], body: dict) -> tuple[str, dict | None]:
+    """One answer, cut at the request's output cap (the stub's tokens are words), with its logprobs."""
+    answer, logprobs = state.reply_for(model, messages)
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    if cap:
+        answer = " ".join(answer.split(" ")[:cap])
+    if body.get("logprobs") and model in state.token_confidence:
+        logprobs = _token_logprobs(answer, state.token_confidence[model](answer))
+    return answer, logprobs
 
 
 def free_port() -> int:

@@ -9,6 +9,7 @@ the new one, never half of one, and a run killed here is repaired by the next.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from router.collect.journal import Record, Triple
 DATASET_FILES = ("models.csv", "prompts.parquet", "outcomes.parquet")
 PROMPT_COLUMNS = ["prompt_id", "prompt", "category", "source", "prompt_chars", "system", "answer"]
 OUTCOME_COLUMNS = ["prompt_id", "model", "sample", "reward", "output_chars", "output_tokens_est",
-                   "response", "input_tokens", "output_tokens", "reasoning_tokens", "cost_usd"]
+                   "response", "input_tokens", "output_tokens", "reasoning_tokens", "cost_usd", "logprobs"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def _outcome_table(outcomes: pd.DataFrame, prompt_order: list[str], model_order:
             "output_tokens": outcomes["output_tokens"].astype("Int64"),
             "reasoning_tokens": outcomes.get("reasoning_tokens", pd.Series(pd.NA, index=outcomes.index)).astype("Int64"),
             "cost_usd": outcomes["cost_usd"].astype("float64"),
+            "logprobs": outcomes["logprobs"].map(lambda tokens: json.dumps(tokens) if isinstance(tokens, list) else None),
         }
     )[OUTCOME_COLUMNS]
 

@@ -33,6 +33,7 @@ class Record:
     input_tokens: int | None = None
     output_tokens: int | None = None
     reasoning_tokens: int | None = None
+    logprobs: list[dict] | None = None
     cost_usd: float | None = None
     reward: float | None = None
     error: str | None = None

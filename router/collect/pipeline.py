@@ -70,7 +70,7 @@ class _Task:
         response = {} if sample is None else {
             "response": sample.text, "input_tokens": sample.input_tokens,
             "output_tokens": sample.output_tokens, "cost_usd": sample.cost_usd,
-            "reasoning_tokens": sample.reasoning_tokens,
+            "reasoning_tokens": sample.reasoning_tokens, "logprobs": sample.logprobs,
         }
         return Record(self.key, self.prompt_id, self.model, self.sample, reward=reward, error=error, **response)
 
@@ -132,7 +132,7 @@ def run_collect(config: CollectConfig) -> int:
         )
         with tqdm(total=total, initial=done, unit="triple", desc="collect", dynamic_ncols=True) as bar:
             tally = _Tally(bar)
-            sampler = Sampler(entries, per_token, config.sampling)
+            sampler = Sampler(registry, entries, per_token, config.sampling)
             asyncio.run(_collect(tasks, sampler, scorer, journal, tally, config.sampling.concurrency))
         prices = {name: (i * 1e6, o * 1e6) for name, (i, o) in per_token.items()}
         compaction = compact(config.out, prompts, prices, config.samples, journal.latest())
@@ -150,6 +150,7 @@ def _check_numbers(config: CollectConfig) -> None:
         (sampling.max_tokens >= 1, f"--max-tokens must be at least 1, got {sampling.max_tokens}"),
         (sampling.timeout_s > 0, f"--timeout must be > 0 seconds, got {sampling.timeout_s}"),
         (sampling.retries >= 0, f"--retries must be >= 0, got {sampling.retries}"),
+        (sampling.logprobs is None or 0 <= sampling.logprobs <= 20, f"--logprobs must be in 0..20, got {sampling.logprobs}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -170,7 +171,7 @@ def _plan(prompts: pd.DataFrame, models: list[str], samples: int, journal: Journ
                 saved = None
                 if record is not None and record.response is not None:
                     saved = Sample(record.response, record.input_tokens, record.output_tokens, record.cost_usd,
-                                   record.reasoning_tokens)
+                                   record.reasoning_tokens, record.logprobs)
                 system = row.system if isinstance(row.system, str) else None  # missing is NaN in a str column
                 reference = None if pd.isna(row.answer) else str(row.answer)
                 tasks.append(_Task(row.key, row.prompt_id, row.prompt, system, reference, model, sample, saved))

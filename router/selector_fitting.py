@@ -1,0 +1,108 @@
+"""``erp fit-selector``: fit a best-of-N selector on a candidate's collected samples and their correctness.
+
+The samples come from ``erp collect`` (``outcomes.parquet`` with each response; ``--logprobs K`` for the
+log-probability source). Each answer is featurized as the router will see it when serving: the conversation
+with the candidate's system prompt (``dispatch.entry_request``) and the answer's tokens. Labels are
+``reward >= 0.5``. The fitted file is what a registry arm names as ``selector:`` next to ``best_of: N``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from predictors.dataset import DatasetError
+from predictors.selector import TokenRewardSelector, save_selector
+from predictors.token_features import HiddenStateFeatures, LogprobFeatures, MissingLogprobsError, TokenFeatureSource
+from router.dispatch import entry_request
+from router.registry import ModelEntry, load_registry
+from router.schemas import ChatParameters
+
+MIN_PER_CLASS = 5  # right and wrong answers each, below which there is nothing to learn
+
+
+@dataclass(frozen=True)
+class SelectorFit:
+    """What was fitted on: answers, the share right, and the selector's parameter count."""
+
+    answers: int
+    prompts: int
+    right: float
+    parameters: int
+
+
+def candidate_samples(data_dir: Path, model: str) -> pd.DataFrame:
+    """The collected samples of ``model`` with their prompts: prompt_id, prompt, system, response, reward,
+    logprobs (JSON text or None)."""
+    try:
+        outcomes = pd.read_parquet(Path(data_dir) / "outcomes.parquet")
+        prompts = pd.read_parquet(Path(data_dir) / "prompts.parquet")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{data_dir}: cannot read outcomes.parquet and prompts.parquet ({exc}); fix: pass an `erp collect` --out folder") from None
+    if "response" not in outcomes.columns:
+        raise DatasetError(f"{data_dir}/outcomes.parquet has no response column; fix: collect it with `erp collect`")
+    rows = outcomes[outcomes["model"] == model]
+    if rows.empty:
+        known = ", ".join(sorted(outcomes["model"].unique()))
+        raise DatasetError(f"{data_dir}: no samples of {model!r} (it has {known}); fix: collect that candidate first")
+    if "system" not in prompts.columns:
+        prompts = prompts.assign(system=None)
+    columns = ["prompt_id", "sample", "response", "reward", *(["logprobs"] if "logprobs" in rows.columns else [])]
+    table = rows[columns].merge(prompts[["prompt_id", "prompt", "system"]], on="prompt_id")
+    return table.sort_values(["prompt_id", "sample"]).reset_index(drop=True)
+
+
+def conversation(entry: ModelEntry, prompt: str, system: str | None) -> list[dict]:
+    """The messages ``entry`` was called with for this prompt (its own system prompt first), as in collection."""
+    messages = ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    return entry_request(entry, messages, ChatParameters())[0]
+
+
+def answer_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.DataFrame) -> list[np.ndarray]:
+    """One (tokens, features) array per sample row, in row order."""
+    if isinstance(source, LogprobFeatures):
+        if "logprobs" not in samples.columns:
+            raise MissingLogprobsError("the samples hold no log-probabilities; fix: collect them with `erp collect --logprobs K`")
+        return [source.for_content(json.loads(text) if isinstance(text, str) else None) for text in samples["logprobs"]]
+    features: list[np.ndarray | None] = [None] * len(samples)
+    for _, group in samples.groupby("prompt_id", sort=False):
+        first = group.iloc[0]
+        answers = source.for_answers(conversation(entry, first["prompt"], first["system"]), list(group["response"]))
+        for row, array in zip(group.index, answers, strict=True):
+            features[row] = array
+    return features  # type: ignore[return-value]
+
+
+def build_source(kind: str, top_k: int, layers: list[int]) -> TokenFeatureSource:
+    """The feature source named on the command line; hidden states are the bundled local model's."""
+    if kind == "logprobs":
+        return LogprobFeatures(top_k=top_k)
+    from router.local_model import find_gguf
+
+    return HiddenStateFeatures(find_gguf(), layers=layers)
+
+
+def fit_selector(
+    registry_path: Path, data_dir: Path, model: str, kind: str, out: Path, top_k: int = 5, layers: list[int] | None = None, seed: int = 0
+) -> SelectorFit:
+    """Fit and save ``model``'s selector; DatasetError/ValueError with the fix when the data cannot train one."""
+    entry = load_registry(registry_path).entry(model)
+    samples = candidate_samples(data_dir, model)
+    labels = (samples["reward"].to_numpy() >= 0.5).astype(int)
+    if min(labels.sum(), len(labels) - labels.sum()) < MIN_PER_CLASS:
+        raise DatasetError(
+            f"{data_dir}: {model} has {labels.sum()} right and {len(labels) - labels.sum()} wrong samples; a selector "
+            f"needs at least {MIN_PER_CLASS} of each; fix: collect more prompts or samples (--samples)"
+        )
+    source = build_source(kind, top_k, layers or [-4, -3, -2, -1])
+    selector = TokenRewardSelector(random_state=seed).fit(
+        answer_features(source, entry, samples), labels, feature_source=source.describe()
+    )
+    save_selector(selector, out)
+    return SelectorFit(len(samples), samples["prompt_id"].nunique(), float(labels.mean()), selector.n_parameters_)

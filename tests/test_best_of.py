@@ -1,0 +1,148 @@
+"""Best-of-N arms through the stub upstream: N samples asked, each scored by the arm's selector, the best
+answered, all N charged; samples that cannot be scored fail the request instead of being picked blindly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+import yaml
+from conftest import registry_document
+from serving_fixtures import UPSTREAM_KEY, UPSTREAM_KEY_ENV
+from stub_upstream import serve_in_thread
+
+from predictors.selector import TokenRewardSelector, save_selector
+from predictors.token_features import LogprobFeatures
+from router.errors import UpstreamError
+from router.registry import RegistryError, load_registry
+from router.sdk import Router
+from router.server import create_app
+from router.store import MemoryStore
+from test_server import MESSAGES
+
+MODEL = "gpt-4o-mini-2024-07-18"
+ANSWERS = ["alpha one", "bravo two", "charlie three", "delta four"]
+CONFIDENCE = {"alpha one": 0.3, "bravo two": 0.95, "charlie three": 0.2, "delta four": 0.5}
+
+
+def _content(words: int, probability: float) -> list[dict]:
+    top = [{"token": "w", "logprob": math.log(probability)}, {"token": "~", "logprob": math.log(1 - probability)}]
+    return [{"token": "w", "logprob": math.log(probability), "top_logprobs": top} for _ in range(words)]
+
+
+@pytest.fixture(scope="module")
+def confidence_selector(tmp_path_factory) -> Path:
+    """A logprob selector that learned 'confident answers are right' from planted examples."""
+    rng = np.random.default_rng(0)
+    source = LogprobFeatures(top_k=2)
+    probabilities = rng.uniform(0.05, 0.95, 120)
+    answers = [source.for_content(_content(int(rng.integers(1, 6)), p)) for p in probabilities]
+    selector = TokenRewardSelector(random_state=0).fit(answers, (probabilities > 0.5).astype(int), source.describe())
+    path = tmp_path_factory.mktemp("selector") / "confidence.joblib"
+    save_selector(selector, path)
+    return path
+
+
+def best_of_registry(artifacts: Path, selector: Path, api_base: str) -> dict:
+    document = registry_document(artifacts, api_base=api_base, api_key_env=UPSTREAM_KEY_ENV)
+    mini = next(m for m in document["models"] if m["name"] == MODEL)
+    predictor = mini.pop("predictor")  # the arms reuse the model's fitted predictor file
+    mini["arms"] = [
+        {"name": "plain", "predictor": predictor},
+        {"name": "best4", "predictor": predictor, "best_of": 4, "selector": str(selector)},
+        {"name": "best3", "predictor": predictor, "best_of": 3, "selector": str(selector), "best_of_sampling": "calls"},
+    ]
+    return document
+
+
+@pytest.fixture
+def best_router(fitted_artifacts, confidence_selector, stub, tmp_path, monkeypatch) -> Router:
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
+    path = tmp_path / "model_registry.yaml"
+    path.write_text(yaml.safe_dump(best_of_registry(fitted_artifacts, confidence_selector, stub.url)))
+    stub.state.replies[MODEL] = list(ANSWERS)
+    stub.state.token_confidence[MODEL] = CONFIDENCE.__getitem__
+    return Router.from_registry(path, store=MemoryStore())
+
+
+def _price(record, prompt_tokens: int, completion_tokens: int) -> float:
+    return (prompt_tokens * 0.15 + completion_tokens * 0.6) / 1e6
+
+
+def test_one_call_with_n_answers_the_best_scored_sample_and_charges_all(best_router, stub) -> None:
+    result = best_router.complete(MESSAGES, model=f"{MODEL}@best4")
+    hit = stub.state.hits[-1]
+    assert len(stub.state.hits) == 1 and (hit.body["n"], hit.body["logprobs"], hit.body["top_logprobs"]) == (4, True, 2)
+    assert [c.message.content for c in result.response.choices] == ["bravo two"]
+    record = result.record
+    assert record.best_of.chosen == 1 and len(record.best_of.scores) == 4
+    assert record.best_of.scores[1] == max(record.best_of.scores) and record.best_of.selector == "confidence.joblib"
+    assert record.completion_tokens == 8, "every sample's tokens are billed"
+    assert record.realized_cost_usd == pytest.approx(_price(record, record.prompt_tokens, 8))
+
+
+def test_n_calls_for_servers_that_ignore_n_bill_each_input(best_router, stub) -> None:
+    single = best_router.complete(MESSAGES, model=f"{MODEL}@plain").record.prompt_tokens
+    stub.state.replies[MODEL] = list(ANSWERS[:3])
+    stub.state.hits.clear()
+    result = best_router.complete(MESSAGES, model=f"{MODEL}@best3")
+    assert len(stub.state.hits) == 3 and all("n" not in hit.body for hit in stub.state.hits)
+    assert result.response.choices[0].message.content == "bravo two"
+    assert result.record.prompt_tokens == 3 * single and result.record.completion_tokens == 6
+
+
+def test_a_streamed_request_streams_the_chosen_answer_after_selection(best_router, stub) -> None:
+    stream = best_router.complete(MESSAGES, model=f"{MODEL}@best4", stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "bravo two" and stub.state.hits[-1].stream is False
+    assert stream.record.completion_tokens == 8 and stream.record.best_of.chosen == 1
+
+
+def test_samples_without_logprobs_fail_clearly_and_are_charged(best_router, stub) -> None:
+    stub.state.token_confidence.clear()
+    with pytest.raises(UpstreamError, match="no per-token logprobs") as caught:
+        best_router.complete(MESSAGES, model=f"{MODEL}@best4")
+    assert caught.value.status == 502
+    record = caught.value.record
+    assert record.completion_tokens == 8 and record.realized_cost_usd > 0 and record.best_of is None
+
+
+def test_the_proxy_answers_a_best_of_arm_with_the_chosen_sample(best_router, stub) -> None:
+    with serve_in_thread(create_app(best_router)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model=f"{MODEL}@best4", messages=MESSAGES)
+        assert raw.headers["x-erp-arm"] == "best4"
+        assert raw.parse().choices[0].message.content == "bravo two"
+        stub.state.replies[MODEL] = list(ANSWERS)
+        chunks = client.chat.completions.create(model=f"{MODEL}@best4", messages=MESSAGES, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "bravo two"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda arm: arm.pop("selector"), "best_of needs selector"),
+        (lambda arm: arm.pop("best_of"), "selector is only used with best_of"),
+        (lambda arm: arm.update(best_of=1), "best_of"),
+        (lambda arm: arm.update(best_of_sampling="batch"), "best_of_sampling"),
+    ],
+)
+def test_bad_best_of_entries_name_the_key(tmp_path, change, message) -> None:
+    document = best_of_registry(tmp_path, tmp_path / "s.joblib", "http://127.0.0.1:9/v1")
+    mini = next(m for m in document["models"] if m["name"] == MODEL)
+    change(mini["arms"][1])
+    path = tmp_path / "model_registry.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(RegistryError) as caught:
+        load_registry(path)
+    assert message in str(caught.value) and "models[1].arms[1]" in str(caught.value) and "fix:" in str(caught.value)
+
+
+def test_a_missing_selector_file_is_named_with_the_command_that_makes_it(fitted_artifacts, tmp_path) -> None:
+    path = tmp_path / "model_registry.yaml"
+    path.write_text(yaml.safe_dump(best_of_registry(fitted_artifacts, tmp_path / "none.joblib", "http://127.0.0.1:9/v1")))
+    with pytest.raises(RegistryError, match=r"models\[1\]\.arms\[1\]\.selector.*erp fit-selector"):
+        load_registry(path, require_artifacts=True)
