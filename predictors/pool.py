@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from predictors import artifacts
 from predictors.featurizer import PromptFeaturizer
 from predictors.model import ModelPredictor
+from predictors.onboarding import OnboardedModelPredictor
 from predictors.training import TrainingSet
 
 
@@ -32,8 +33,8 @@ class PoolPredictor(BaseEstimator):
     """Shared featurizer + one ``ModelPredictor`` per model, under the scikit-learn estimator contract.
 
     ``fit`` learns the featurizer on every model's rewards, then each model's predictor on its
-    features; ``add_model`` fits one more model's predictor on the frozen featurizer, leaving the
-    others untouched. Learned state: ``featurizer_``, ``model_predictors_`` (name -> ModelPredictor),
+    features; ``add_model`` fits one more model's predictor on the frozen featurizer (an
+    ``OnboardedModelPredictor`` that borrows from the others), leaving the others untouched. Learned state: ``featurizer_``, ``model_predictors_`` (name -> ModelPredictor),
     ``default_output_tokens_`` (the length assumed for a model the data knows no lengths of and the
     training set states none for), ``featurizer_id_`` (ties model files to their shared file),
     ``dataset_`` and, after ``load``, ``calibrated_lambda_`` (the budget-mode lambda saved with it).
@@ -69,12 +70,37 @@ class PoolPredictor(BaseEstimator):
         self.model_predictors_ = self._fit_model_predictors(training, reference_rows, self.n_jobs)
         return self
 
-    def add_model(self, name: str, training: TrainingSet) -> "PoolPredictor":
-        """Fit (or refit) only ``name``'s predictor, from its column of ``training``, on the frozen featurizer."""
+    def add_model(self, name: str, training: TrainingSet, borrow_from_pool: bool = True) -> "PoolPredictor":
+        """Fit (or refit) only ``name``'s predictor, from its column of ``training``, on the frozen featurizer.
+
+        Its prompts may be any prompts. With ``borrow_from_pool`` (and other jointly fitted models in the
+        pool) it is an ``OnboardedModelPredictor``: its own predictor shrunk toward the nearest pool models,
+        so a few hundred labels suffice; without, a plain ``ModelPredictor`` on its labels alone.
+        """
         check_is_fitted(self, "featurizer_")
+        training = training.select([name])
         reference_rows = self.featurizer_.reference_rows(training.embeddings)
-        self.model_predictors_.update(self._fit_model_predictors(training.select([name]), reference_rows, n_jobs=1))
+        prior = {m: p for m, p in self.model_predictors_.items() if m != name and isinstance(p, ModelPredictor)}
+        if not (borrow_from_pool and prior):
+            self.model_predictors_.update(self._fit_model_predictors(training, reference_rows, n_jobs=1))
+            return self
+        onboarded = OnboardedModelPredictor(
+            prior, self.backend, self._default_output_tokens(training)[0], self.featurizer_.layout, random_state=self.random_state
+        )
+        self.model_predictors_[name] = onboarded.fit(
+            self.featurizer_.transform(training.embeddings),
+            training.input_tokens,
+            training.rewards[:, 0],
+            training.weights[:, 0],
+            training.output_tokens[:, 0],
+            reference_rows,
+            self.featurizer_.neighbors(training.embeddings),
+        )
         return self
+
+    def _default_output_tokens(self, training: TrainingSet) -> list[float]:
+        """Each model's length where its data knows none: the training set's stated one, else the pool's."""
+        return [float(training.default_output_tokens.get(m) or self.default_output_tokens_) for m in training.models]
 
     def _fit_model_predictors(
         self, training: TrainingSet, reference_rows: np.ndarray, n_jobs: int
@@ -86,7 +112,7 @@ class PoolPredictor(BaseEstimator):
         """
         features = self.featurizer_.transform(training.embeddings)
         layout = self.featurizer_.layout
-        defaults = [float(training.default_output_tokens.get(m) or self.default_output_tokens_) for m in training.models]
+        defaults = self._default_output_tokens(training)
         jobs = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(ModelPredictor(self.backend, defaults[j], layout, random_state=self.random_state).fit)(
                 features,

@@ -1,7 +1,8 @@
 """``erp fit``: fit the whole pool, or add one model to an already-fitted pool.
 
-Adding a model fits only its own predictor on the frozen shared featurizer and
-writes only its own file; every other artifact stays byte-identical.
+Adding a model fits only its own predictor on the frozen shared featurizer, from its outcomes on any
+prompts, borrowing strength from the pool's other predictors, and writes only its own file; every other
+artifact stays byte-identical.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from predictors.dataset import RoutingDataset, load_dataset
+from predictors.dataset import DatasetError, RoutingDataset, load_dataset
 from predictors.embedding import Encoder
+from predictors.model import ModelPredictor
+from predictors.onboarding import MIN_LABELS, OnboardedModelPredictor
 from predictors.pool import PoolPredictor
 from predictors.training import TrainingSet
 from router.policy import call_costs, lambda_for_budget
@@ -29,13 +32,25 @@ def _check_models(registry: Registry, data: RoutingDataset, entries: list[ModelE
         )
 
 
-def _training_set(registry: Registry, data_dir: Path, entries: list[ModelEntry]) -> TrainingSet:
+def _training_set(registry: Registry, data: RoutingDataset, entries: list[ModelEntry]) -> TrainingSet:
     """These registry models' columns of the dataset, embedded with the registry's encoder."""
-    data = load_dataset(data_dir)
-    _check_models(registry, data, entries)
     embeddings = Encoder(registry.embedding).encode(data.texts, progress=True)
     defaults = {e.name: e.default_output_tokens for e in entries if e.default_output_tokens}
     return TrainingSet.from_dataset(data, embeddings, models=[e.name for e in entries], default_output_tokens=defaults)
+
+
+def _check_labels(data: RoutingDataset, model: str) -> None:
+    """A model joins from its own outcomes: the dataset must hold at least MIN_LABELS prompts of them."""
+    fix = f"fix: pass the folder `erp collect --registry R --limit N` wrote with only {model} enabled in R"
+    if model not in data.models:
+        held = ", ".join(data.models[:5]) + (", ..." if len(data.models) > 5 else "")
+        raise DatasetError(f"{data.source}: no outcomes of {model!r} (it holds {held}); {fix}")
+    labelled = int((data.sample_counts[:, data.models.index(model)] > 0).sum())
+    if labelled < MIN_LABELS:
+        raise DatasetError(
+            f"{data.source}: {labelled} prompt(s) with outcomes of {model!r}; adding a model needs at least "
+            f"{MIN_LABELS} (a few hundred are best); {fix}, N >= {MIN_LABELS}"
+        )
 
 
 def _calibrated_lambda(registry: Registry, pool: PoolPredictor, training: TrainingSet) -> float | None:
@@ -56,7 +71,9 @@ def _calibrated_lambda(registry: Registry, pool: PoolPredictor, training: Traini
 def fit_all(registry_path: Path, data_dir: Path, backend: str = "auto", seed: int = 0) -> None:
     """Fit the shared featurizer on every enabled model, then each model's predictor; write all artifacts."""
     registry = load_registry(registry_path)
-    training = _training_set(registry, data_dir, registry.enabled)
+    data = load_dataset(data_dir)
+    _check_models(registry, data, registry.enabled)
+    training = _training_set(registry, data, registry.enabled)
     pool = PoolPredictor(registry.embedding, backend, random_state=seed, progress=True).fit(training)
     model_paths = {e.name: registry.path_of(e.predictor) for e in registry.enabled}
     shared_path = registry.path_of(registry.shared_predictor)
@@ -66,8 +83,27 @@ def fit_all(registry_path: Path, data_dir: Path, backend: str = "auto", seed: in
     print(f"shared featurizer ({registry.embedding}) -> {shared_path}")
 
 
+def _pool_models(registry: Registry, model: str) -> dict[str, Path]:
+    """The predictor files of the registry's other enabled models that exist: the pool a new model borrows from."""
+    paths = {e.name: registry.path_of(e.predictor) for e in registry.enabled if e.name != model}
+    return {name: path for name, path in paths.items() if path.is_file()}
+
+
+def _describe(predictor: ModelPredictor | OnboardedModelPredictor) -> str:
+    if not isinstance(predictor, OnboardedModelPredictor):
+        return f"backend={predictor.selected_backend}, no pool models to borrow from"
+    return (
+        f"backend={predictor.selected_backend}, prior from {', '.join(predictor.prior_models_)}, "
+        f"own predictor's weight {predictor.own_weight_:.1f}"
+    )
+
+
 def fit_one(registry_path: Path, data_dir: Path, model: str, backend: str = "auto", seed: int = 0) -> None:
-    """Fit only `model`'s predictor on the frozen shared featurizer; no other file is touched."""
+    """Fit only `model`'s predictor on the frozen shared featurizer; no other file is touched.
+
+    ``data_dir`` may hold only this model's outcomes, on any prompts (what `erp collect` writes with only
+    it enabled); its predictor borrows from the registry's other enabled models' predictor files.
+    """
     registry = load_registry(registry_path)
     entry = registry.entry(model)
     shared_path = registry.path_of(registry.shared_predictor)
@@ -76,13 +112,16 @@ def fit_one(registry_path: Path, data_dir: Path, model: str, backend: str = "aut
             f"{registry.source}: key 'shared_predictor': {shared_path} not found; "
             "fix: fit the pool first with `erp fit --data DIR`"
         )
-    pool = PoolPredictor.load(shared_path, {}, registry.embedding).set_params(backend=backend, random_state=seed)
-    training = _training_set(registry, data_dir, [entry])
+    data = load_dataset(data_dir)
+    _check_labels(data, entry.name)
+    pool = PoolPredictor.load(shared_path, _pool_models(registry, entry.name), registry.embedding)
+    pool.set_params(backend=backend, random_state=seed)
+    training = _training_set(registry, data, [entry])
     pool.add_model(entry.name, training)
     path = registry.path_of(entry.predictor)
     pool.save({entry.name: path})
     predicted = pool.predict(training.embeddings, training.input_tokens, [entry.name]).rewards[:, 0]
     print(
-        f"{entry.name}: backend={pool.model_predictors_[entry.name].selected_backend}, mean predicted reward "
+        f"{entry.name}: {_describe(pool.model_predictors_[entry.name])}; mean predicted reward "
         f"{np.mean(predicted):.3f} on {len(predicted)} prompts -> {path}"
     )
