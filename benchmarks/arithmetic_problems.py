@@ -5,9 +5,11 @@ divide; at most five), with operands of one to ``--max-digits`` digits (at most 
 is a non-negative integer and divisions are exact. Steps and digits are balanced over the set (category
 ``N-step``, source ``D-digit``). Distinct number-free filler sentences are mixed in, more of them on average
 the fewer the steps (0 to ``max_steps - steps + 2``), so a prompt's length says little about how hard it is.
+With ``--style expression`` the same operations are written as one bracketed expression instead ("What is
+(7 + 5) * 3?"), the form a very small model can sometimes do.
 
     python -m benchmarks.arithmetic_problems --n 600 --seed 0 --out data/arithmetic
-    python -m benchmarks.arithmetic_problems --n 300 --max-steps 3 --max-digits 2 --out data/arithmetic-easy
+    python -m benchmarks.arithmetic_problems --n 300 --max-steps 3 --max-digits 2 --style expression --out data/expr
 
 writes ``DIR/prompts.parquet`` with ``prompt_id, prompt, category, source, prompt_chars, answer`` (the
 answer as a string, read by ``predictors.scorers.answer.AnswerScorer``). The same seed gives the same file.
@@ -126,13 +128,32 @@ def make_problem(rng: np.random.Generator, steps: int, digits: int, prompt_id: s
     return Problem(prompt_id, " ".join(sentences), start, tuple(operations), digits, value)
 
 
-def generate(n: int, seed: int, max_steps: int = MAX_STEPS, max_digits: int = MAX_DIGITS) -> list[Problem]:
+SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def make_expression(rng: np.random.Generator, steps: int, digits: int, prompt_id: str) -> Problem:
+    """One problem with `steps` operations on `digits`-digit operands, as a bracketed expression."""
+    value = start = _operand(rng, digits)
+    text, operations = str(start), []
+    for i in range(steps):
+        step = _next_step(rng, value, digits)
+        operations.append(step)
+        value = apply(value, step)
+        text = f"{text} {SYMBOLS[step.op]} {step.operand}" if i == 0 else f"({text}) {SYMBOLS[step.op]} {step.operand}"
+    return Problem(prompt_id, f"What is {text}?", start, tuple(operations), digits, value)
+
+
+def generate(
+    n: int, seed: int, max_steps: int = MAX_STEPS, max_digits: int = MAX_DIGITS, style: str = "words"
+) -> list[Problem]:
     """`n` problems, steps and digits cycling over 1..max_steps x 1..max_digits, then shuffled; seeded."""
     if not (1 <= max_steps <= MAX_STEPS and 1 <= max_digits <= MAX_DIGITS):
         raise ValueError(f"max_steps must be in 1..{MAX_STEPS} and max_digits in 1..{MAX_DIGITS}")
     rng = np.random.default_rng(seed)
     grid = [(1 + i % max_steps, 1 + (i // max_steps) % max_digits) for i in range(n)]
     order = rng.permutation(n)
+    if style == "expression":
+        return [make_expression(rng, *grid[j], f"expr-s{seed}-{i:05d}") for i, j in enumerate(order)]
     return [make_problem(rng, *grid[j], f"arith-s{seed}-{i:05d}", max_steps) for i, j in enumerate(order)]
 
 
@@ -156,12 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS, help=f"most operations per problem (1..{MAX_STEPS})")
     parser.add_argument("--max-digits", type=int, default=MAX_DIGITS, help=f"most digits per operand (1..{MAX_DIGITS})")
+    parser.add_argument("--style", choices=("words", "expression"), default="words", help="word problems or bracketed expressions")
     parser.add_argument("--out", required=True, help="folder for prompts.parquet")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
     try:
-        frame = to_frame(generate(args.n, args.seed, args.max_steps, args.max_digits))
+        frame = to_frame(generate(args.n, args.seed, args.max_steps, args.max_digits, args.style))
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out)

@@ -114,7 +114,8 @@ class LocalModelServer:
         c = self.config
         return [
             sys.executable, "-c", LAUNCHER, "--model", str(model), "--model_alias", c.alias,
-            "--host", c.host, "--port", str(self.port), "--n_ctx", str(c.n_ctx), "--n_threads", str(c.n_threads),
+            "--host", c.host, "--port", str(self.port), "--n_ctx", str(c.n_ctx),
+            "--n_threads", str(c.n_threads), "--n_threads_batch", str(c.n_threads),  # prompts too: spare threads spin
             *c.extra_args,
         ]  # fmt: skip
 
