@@ -154,13 +154,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--encoder", default="minilm")
+    parser.add_argument("--name", default="arms-smollm2", help="file name of the report and plot")
     args = parser.parse_args()
     data = load_dataset(args.data)
     result = run_folds(data, SimulationConfig(seed=args.seed, encoder=args.encoder))
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(result, data)
-    (args.out / "arms-smollm2.md").write_text(text)
-    plot(result, data, args.out / "arms-smollm2.png")
+    (args.out / f"{args.name}.md").write_text(text)
+    plot(result, data, args.out / f"{args.name}.png")
     print(text)
 
 

@@ -8,6 +8,7 @@ with the candidate's system prompt (``dispatch.entry_request``) and the answer's
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from predictors.dataset import DatasetError
+from predictors.embedding import default_cache_dir
 from predictors.selector import TokenRewardSelector, save_selector
 from predictors.token_features import HiddenStateFeatures, LogprobFeatures, MissingLogprobsError, TokenFeatureSource
 from router.dispatch import entry_request
@@ -36,8 +38,8 @@ class SelectorFit:
 
 
 def candidate_samples(data_dir: Path, model: str) -> pd.DataFrame:
-    """The collected samples of ``model`` with their prompts: prompt_id, prompt, system, response, reward,
-    logprobs (JSON text or None)."""
+    """The collected samples of ``model`` with their prompts: prompt_id, prompt, system, sample, response, reward,
+    and where collected output_tokens, cost_usd and logprobs (JSON text or None)."""
     try:
         outcomes = pd.read_parquet(Path(data_dir) / "outcomes.parquet")
         prompts = pd.read_parquet(Path(data_dir) / "prompts.parquet")
@@ -51,7 +53,8 @@ def candidate_samples(data_dir: Path, model: str) -> pd.DataFrame:
         raise DatasetError(f"{data_dir}: no samples of {model!r} (it has {known}); fix: collect that candidate first")
     if "system" not in prompts.columns:
         prompts = prompts.assign(system=None)
-    columns = ["prompt_id", "sample", "response", "reward", *(["logprobs"] if "logprobs" in rows.columns else [])]
+    optional = [c for c in ("output_tokens", "cost_usd", "logprobs") if c in rows.columns]
+    columns = ["prompt_id", "sample", "response", "reward", *optional]
     table = rows[columns].merge(prompts[["prompt_id", "prompt", "system"]], on="prompt_id")
     return table.sort_values(["prompt_id", "sample"]).reset_index(drop=True)
 
@@ -65,11 +68,32 @@ def conversation(entry: ModelEntry, prompt: str, system: str | None) -> list[dic
 
 
 def answer_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.DataFrame) -> list[np.ndarray]:
-    """One (tokens, features) array per sample row, in row order."""
+    """One (tokens, features) array per sample row, in row order. Hidden-state features take a forward pass
+    per answer, so they are kept (float16) in the cache folder, keyed by the source, the conversation and the
+    answer texts; a rerun, or a study over the same samples, reads them back."""
     if isinstance(source, LogprobFeatures):
-        if "logprobs" not in samples.columns:
-            raise MissingLogprobsError("the samples hold no log-probabilities; fix: collect them with `erp collect --logprobs K`")
-        return [source.for_content(json.loads(text) if isinstance(text, str) else None) for text in samples["logprobs"]]
+        kept = samples["logprobs"] if "logprobs" in samples.columns else pd.Series(None, index=samples.index)
+        missing = int(kept.isna().sum())
+        if missing:
+            raise MissingLogprobsError(
+                f"{missing} of {len(samples)} samples hold no log-probabilities; fix: collect them with "
+                f"`erp collect --logprobs {source.top_k}` (into a new --out folder)"
+            )
+        return [source.for_content(json.loads(text)) for text in kept]
+    key = hashlib.sha256(json.dumps([source.describe(), entry.system_prompt, samples[["prompt", "response"]].values.tolist()],
+                                    default=str).encode()).hexdigest()[:24]
+    path = default_cache_dir() / "selector-features" / f"{key}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return [stored[f"a{i}"].astype(np.float32) for i in range(len(samples))]
+    features = _hidden_features(source, entry, samples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{f"a{i}": array.astype(np.float16) for i, array in enumerate(features)})
+    return features
+
+
+def _hidden_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.DataFrame) -> list[np.ndarray]:
+    """Each prompt's answers featurized together (one batch of forward passes per prompt)."""
     features: list[np.ndarray | None] = [None] * len(samples)
     for _, group in samples.groupby("prompt_id", sort=False):
         first = group.iloc[0]

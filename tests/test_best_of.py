@@ -146,3 +146,75 @@ def test_a_missing_selector_file_is_named_with_the_command_that_makes_it(fitted_
     path.write_text(yaml.safe_dump(best_of_registry(fitted_artifacts, tmp_path / "none.joblib", "http://127.0.0.1:9/v1")))
     with pytest.raises(RegistryError, match=r"models\[1\]\.arms\[1\]\.selector.*erp fit-selector"):
         load_registry(path, require_artifacts=True)
+
+
+def _solve(messages: list[dict]) -> str:
+    """The stub model: right on problems with an even answer, '0' otherwise (a generated expression)."""
+    question = messages[-1]["content"].removeprefix("What is ").rstrip("?")
+    value = eval(question.replace("/", "//"), {"__builtins__": {}})  # noqa: S307 (our own generated arithmetic)
+    return f"The answer is {value}" if value % 2 == 0 else "The answer is 0 maybe"
+
+
+@pytest.fixture
+def collect_setup(stub, tmp_path, monkeypatch, confidence_selector) -> tuple[Path, Path]:
+    """A registry of one stub model with a plain arm and a best-of-4 arm, an answer scorer, and 16 problems."""
+    from benchmarks.arithmetic_problems import generate, to_frame
+
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_KEY)
+    prompts = tmp_path / "prompts.parquet"
+    to_frame(generate(16, 0, max_steps=2, max_digits=1, style="expression")).to_parquet(prompts, index=False)
+    common = {"predictor": "unused.joblib", "params": {"max_tokens": 8}}
+    document = {
+        "embedding": "minilm-static",
+        "shared_predictor": "unused.joblib",
+        "models": [{"name": "tiny", "litellm_model": "openai/tiny", "api_base": stub.url, "api_key_env": UPSTREAM_KEY_ENV,
+                    "input_usd_per_mtok": 0.0, "output_usd_per_mtok": 1.0,
+                    "arms": [{"name": "plain", **common},
+                             {"name": "best4", **common, "best_of": 4, "selector": str(confidence_selector)}]}],
+        "scorers": [{"name": "correct", "kind": "answer"}],
+    }
+    registry = tmp_path / "model_registry.yaml"
+    registry.write_text(yaml.safe_dump(document))
+    stub.state.replies["tiny"] = _solve
+    stub.state.token_confidence["tiny"] = lambda answer: 0.3 if "maybe" in answer else 0.9
+    return prompts, registry
+
+
+def test_collect_keeps_logprobs_samples_best_of_arms_and_fits_a_selector(collect_setup, stub, tmp_path) -> None:
+    import pandas as pd
+
+    from predictors.selector import load_selector
+    from router.cli import main
+
+    prompts, registry = collect_setup
+    out = tmp_path / "data"
+    args = ["collect", "--prompts", str(prompts), "--registry", str(registry), "--scorer", "correct", "--out", str(out)]
+    assert main([*args, "--logprobs", "2"]) == 0
+    outcomes = pd.read_parquet(out / "outcomes.parquet")
+    plain, best = (outcomes[outcomes["model"] == f"tiny@{arm}"].set_index("prompt_id") for arm in ("plain", "best4"))
+    assert plain["logprobs"].notna().all() and 0 < plain["reward"].mean() < 1
+    assert (best["output_tokens"] == 4 * plain["output_tokens"]).all(), "a best-of-4 outcome costs its four samples"
+    assert [hit.body.get("n") for hit in stub.state.hits].count(4) == 16
+    selector = tmp_path / "fitted.joblib"
+    fit = ["fit-selector", "--data", str(out), "--model", "tiny@plain", "--registry", str(registry), "--out", str(selector)]
+    assert main([*fit, "--source", "logprobs", "--top-k", "2"]) == 0
+    fitted = load_selector(selector)
+    assert fitted.feature_source_ == {"kind": "logprobs", "top_k": 2} and fitted.n_parameters_ == 2 * 7 + 2
+
+
+def test_fit_selector_bad_inputs_exit_2_with_the_fix(collect_setup, tmp_path, capsys) -> None:
+    from router.cli import main
+
+    prompts, registry = collect_setup
+    out = tmp_path / "data"
+    main(["collect", "--prompts", str(prompts), "--registry", str(registry), "--scorer", "correct", "--out", str(out)])
+    capsys.readouterr()
+    fit = ["fit-selector", "--data", str(out), "--registry", str(registry), "--out", str(tmp_path / "s.joblib")]
+    for extra, message in [
+        (["--model", "tiny@plain", "--source", "logprobs"], "erp collect --logprobs 5"),
+        (["--model", "tiny@nope"], "no model named 'tiny@nope'"),
+        (["--model", "tiny@plain", "--layers", "last"], "comma-separated integers"),
+    ]:
+        assert main([*fit, *extra]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error
