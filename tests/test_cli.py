@@ -37,7 +37,7 @@ def test_simulate_writes_a_report_that_follows_the_schema(simulated):
     assert report.folds == 2 and len(report.models) == 6
     for key in ("apgr", "apgr_std", "cost_to_match_best", "cost_to_match_best_std"):
         assert key in raw["summary"]
-    assert {"oracle", "category_best_average", "global_best_average", "knn", "random_mix", "single_models"} <= set(raw["baselines"])
+    assert {"oracle", "category_best_average", "predicted_category_best_average", "global_best_average", "knn", "random_mix", "single_models"} <= set(raw["baselines"])
     assert all("spearman" in p and "spearman_std" in p for p in raw["predictors"].values())
     assert report.baselines["oracle"].apgr > report.summary.apgr
     assert len(report.summary.apgr_folds) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 from predictors.neighbors import nearest
 
@@ -23,6 +24,24 @@ def category_best_average(
         if in_train.any():
             estimates[test_categories == category] = np.nanmean(train_rewards[in_train], axis=0)
     return estimates
+
+
+def predicted_category_best_average(
+    train_embeddings: np.ndarray,
+    train_rewards: np.ndarray,
+    train_categories: np.ndarray,
+    test_embeddings: np.ndarray,
+    random_state: int = 0,
+) -> np.ndarray:
+    """Category best average at the category a text classifier predicts: what a live request, carrying no category, gets.
+
+    The classifier is a multinomial logistic regression on the embeddings, fitted on the training prompts;
+    with a single training category it is the global best average.
+    """
+    if len(np.unique(train_categories)) < 2:
+        return global_best_average(train_rewards, len(test_embeddings))
+    classifier = LogisticRegression(max_iter=300, random_state=random_state).fit(train_embeddings, train_categories)
+    return category_best_average(train_rewards, train_categories, classifier.predict(test_embeddings))
 
 
 def knn_average(

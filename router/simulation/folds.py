@@ -127,6 +127,13 @@ def run_fold(
             predicted_costs,
             lambdas,
         ),
+        "predicted_category_best_average": truth.frontier(
+            baselines.predicted_category_best_average(
+                embeddings[train], train_rewards, data.categories[train], embeddings[test], config.seed
+            ),
+            predicted_costs,
+            lambdas,
+        ),
         "global_best_average": truth.frontier(baselines.global_best_average(train_rewards, n_test), predicted_costs, lambdas),
         "knn": truth.frontier(
             baselines.knn_average(embeddings[train], train_rewards, embeddings[test], config.knn_k), predicted_costs, lambdas

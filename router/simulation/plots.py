@@ -16,6 +16,7 @@ STYLES = {
     "erp": dict(color="tab:red", linewidth=2.5, label="ERP (ours)"),
     "oracle": dict(color="black", linestyle=":", label="oracle"),
     "category_best_average": dict(color="tab:blue", label="category best average"),
+    "predicted_category_best_average": dict(color="tab:cyan", label="predicted-category best average"),
     "global_best_average": dict(color="tab:green", label="global best average"),
     "knn": dict(color="tab:purple", label="kNN (k=50)"),
     "random_mix": dict(color="tab:gray", linestyle="--", label="random mix"),
