@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", default="benchmarks/local_arms.yaml")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="best-of-smollm2", help="file name of the report")
     args = parser.parse_args(argv)
     entry = load_registry(args.registry).entry(args.model)
     samples = candidate_samples(Path(args.data), args.model)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     results = pd.DataFrame(rows)
     report = write_report(results, samples, feats, {"hidden": hidden_seconds, "logits": logit_seconds}, args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "best-of-smollm2.md").write_text(report)
+    (Path(args.out) / f"{args.name}.md").write_text(report)
     print(report)
     return 0
 
