@@ -20,6 +20,7 @@ from predictors.dataset import DatasetError
 from predictors.embedding import default_cache_dir
 from predictors.selector import TokenRewardSelector, save_selector
 from predictors.token_features import HiddenStateFeatures, LogprobFeatures, MissingLogprobsError, TokenFeatureSource
+from router.collect.prompts import prompt_messages
 from router.dispatch import entry_request
 from router.registry import ModelEntry, load_registry
 from router.schemas import ChatParameters
@@ -61,10 +62,7 @@ def candidate_samples(data_dir: Path, model: str) -> pd.DataFrame:
 
 def conversation(entry: ModelEntry, prompt: str, system: str | None) -> list[dict]:
     """The messages ``entry`` was called with for this prompt (its own system prompt first), as in collection."""
-    messages = ([{"role": "system", "content": system}] if isinstance(system, str) and system else []) + [
-        {"role": "user", "content": prompt}
-    ]
-    return entry_request(entry, messages, ChatParameters())[0]
+    return entry_request(entry, prompt_messages(prompt, system), ChatParameters())[0]
 
 
 def answer_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.DataFrame) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ from router.collect import CollectError, error_message
 from router.collect.compact import Compaction, compact
 from router.collect.journal import Journal, Record
 from router.collect.manifest import Manifest, reconcile
-from router.collect.prompts import read_prompts, stratified_head
+from router.collect.prompts import prompt_messages, read_prompts, stratified_head
 from router.collect.sampling import Sample, Sampler, SamplingConfig
 from router.registry import load_registry
 
@@ -63,8 +63,7 @@ class _Task:
     saved: Sample | None = None
 
     def messages(self) -> list[dict]:
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return [*system, {"role": "user", "content": self.prompt}]
+        return prompt_messages(self.prompt, self.system)
 
     def record(self, sample: Sample | None, reward: float | None = None, error: str | None = None) -> Record:
         response = {} if sample is None else {

@@ -32,6 +32,12 @@ OPTIONAL_TABLE_COLUMNS = ("system", "category", "source", "answer")
 PROMPT_COLUMNS = ("prompt_id", "prompt", "system", "category", "source", "prompt_chars", "answer", "key")
 
 
+def prompt_messages(prompt: str, system: str | None) -> list[dict]:
+    """The conversation a collected prompt is asked as: its system turn (if any), then the user turn."""
+    turns = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+    return [*turns, {"role": "user", "content": prompt}]
+
+
 def prompt_key(system: str | None, prompt: str) -> str:
     """Content hash of a prompt: the journal's key and the id of a prompt read from conversations."""
     system = system if isinstance(system, str) else ""  # a missing system is None, or NaN in a str column
