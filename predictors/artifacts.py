@@ -61,16 +61,23 @@ def save(artifact: SharedArtifact | ModelArtifact, path: Path) -> None:
             os.unlink(staging)
 
 
-def _load(path: Path, kind: type) -> SharedArtifact | ModelArtifact:
+def read_versioned(path: Path, kind: type, format_version: int, what: str, fix: str) -> object:
+    """The ``kind`` object of ``format_version`` pickled at ``path``; ArtifactError naming the file, the
+    problem (missing, unreadable, another kind or format) and ``fix`` otherwise."""
     if not path.is_file():
-        raise ArtifactError(f"{path}: predictor file not found; fix: run `erp fit --data DIR`")
+        raise ArtifactError(f"{path}: {what} file not found; fix: {fix}")
     try:
         artifact = joblib.load(path)
     except Exception as exc:  # joblib surfaces pickle, EOF and zlib errors for damaged files
-        raise ArtifactError(f"{path}: cannot be read ({type(exc).__name__}); fix: refit it with `erp fit`") from exc
-    if not isinstance(artifact, kind) or artifact.format_version != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: not a {kind.__name__} of format {FORMAT_VERSION}; fix: refit it with `erp fit`")
+        raise ArtifactError(f"{path}: cannot be read ({type(exc).__name__}); fix: {fix}") from exc
+    if not isinstance(artifact, kind) or getattr(artifact, "format_version", None) != format_version:
+        raise ArtifactError(f"{path}: not a {what} file of format {format_version}; fix: {fix}")
     return artifact
+
+
+def _load(path: Path, kind: type) -> SharedArtifact | ModelArtifact:
+    what = "shared predictor" if kind is SharedArtifact else "model predictor"
+    return read_versioned(path, kind, FORMAT_VERSION, what, "run `erp fit --data DIR` (a file of another format: refit it)")
 
 
 def load_shared(path: Path, encoder: str | None = None) -> SharedArtifact:

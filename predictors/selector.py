@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import joblib
 import numpy as np
 import torch
 from scipy.special import expit
@@ -27,7 +26,6 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from predictors import artifacts
-from predictors.artifacts import ArtifactError
 from predictors.torch_utils import seeded_generator, torch_threads, train_with_early_stopping, validation_split
 
 SELECTOR_FORMAT_VERSION = 1
@@ -224,13 +222,5 @@ def save_selector(selector: TokenRewardSelector, path: Path) -> None:
 
 def load_selector(path: Path) -> TokenRewardSelector:
     """The selector saved at ``path``; ArtifactError (a ValueError) if it is missing, damaged or of another format."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: selector file not found; fix: {REFIT_HINT}")
-    try:
-        artifact = joblib.load(path)
-    except Exception as exc:  # joblib surfaces pickle, EOF and zlib errors for damaged files
-        raise ArtifactError(f"{path}: cannot be read ({type(exc).__name__}); fix: {REFIT_HINT}") from exc
-    if not isinstance(artifact, SelectorArtifact) or artifact.format_version != SELECTOR_FORMAT_VERSION:
-        raise ArtifactError(f"{path}: not a selector file of format {SELECTOR_FORMAT_VERSION}; fix: {REFIT_HINT}")
+    artifact = artifacts.read_versioned(Path(path), SelectorArtifact, SELECTOR_FORMAT_VERSION, "selector", REFIT_HINT)
     return artifact.selector
