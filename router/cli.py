@@ -80,6 +80,7 @@ def _collect(args: argparse.Namespace) -> int:
         limit=args.limit,
         seed=args.seed,
         categories=Path(args.categories) if args.categories else None,
+        models=tuple(name.strip() for name in args.models.split(",") if name.strip()) if args.models else (),
         sampling=sampling,
     )
     return run_collect(config)
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--limit", type=int, help="collect on this many prompts, stratified by category")
     collect.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     collect.add_argument("--categories", help="YAML mapping category -> source substrings, tried before the built-ins")
+    collect.add_argument("--models", help="comma-separated candidates (MODEL or MODEL@ARM) to sample; default: every enabled one")
     collect.add_argument("--concurrency", type=int, default=8, help="calls in flight per model")
     collect.add_argument("--temperature", type=float, default=0.7)
     collect.add_argument("--max-tokens", type=int, default=1024, help="response budget per call")

@@ -167,6 +167,14 @@ def test_categories_follow_the_built_in_table_an_override_file_and_the_limit(tmp
     assert stratified_head(many, 500, seed=0) is many
 
 
+def test_models_samples_only_the_named_candidates(setup):
+    tmp_path, registry, stub = setup
+    prompts = write_jsonl(tmp_path / "blend.jsonl", conversations(3))
+    assert main(collect_args(prompts, registry, tmp_path / "out", "--models", "beta")) == 0
+    assert pool_hits(stub) == Counter({"beta": 6})
+    assert load_dataset(tmp_path / "out").models == ["beta"]
+
+
 def test_a_killed_run_resumes_with_only_the_missing_triples(setup):
     tmp_path, registry, stub = setup
     prompts = write_jsonl(tmp_path / "blend.jsonl", conversations())
@@ -308,6 +316,8 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
             entry["enabled"] = False
         registry.write_text(yaml.safe_dump(document))
         return collect_args(prompts, registry, out), "no enabled models"
+    if case == "unknown-candidate":
+        return collect_args(prompts, registry, out, "--models", "alpha,gamma"), "--models: gamma not an enabled candidate"
     raise AssertionError(case)
 
 
@@ -315,7 +325,7 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
     "case",
     [
         "csv", "columns", "empty-conversation", "no-human-turn", "null-conversations", "missing-conversations",
-        "number-conversations", "unwritable-out", "unknown-scorer", "samples", "no-enabled-models",
+        "number-conversations", "unwritable-out", "unknown-scorer", "samples", "no-enabled-models", "unknown-candidate",
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_call(setup, capsys, case):

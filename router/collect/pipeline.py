@@ -30,7 +30,7 @@ from router.collect.journal import Journal, Record
 from router.collect.manifest import Manifest, reconcile
 from router.collect.prompts import prompt_messages, read_prompts, stratified_head
 from router.collect.sampling import Sample, Sampler, SamplingConfig
-from router.registry import load_registry
+from router.registry import ModelEntry, load_registry
 
 SCORE_BATCH = 16  # responses per scorer call
 SCORE_WORKERS = 4  # scorer calls in flight
@@ -46,6 +46,7 @@ class CollectConfig:
     limit: int | None = None
     seed: int = 0
     categories: Path | None = None
+    models: tuple[str, ...] = ()  # the enabled candidates to sample; empty: all of them
     sampling: SamplingConfig = SamplingConfig()
 
 
@@ -100,9 +101,7 @@ def run_collect(config: CollectConfig) -> int:
     """Validate everything, collect the missing triples, compact; the exit status (see the module doc)."""
     _check_numbers(config)
     registry = load_registry(config.registry)
-    entries = registry.enabled
-    if not entries:
-        raise CollectError(f"{config.registry}: no enabled models; set enabled: true on at least one")
+    entries = _chosen_candidates(config, registry.enabled)
     per_token = dict(zip([e.name for e in entries], map(tuple, registry.usd_per_token(entries)), strict=True))
     prompts, duplicates = read_prompts(config.prompts, config.categories)
     if prompts.empty:
@@ -137,6 +136,21 @@ def run_collect(config: CollectConfig) -> int:
         compaction = compact(config.out, prompts, prices, config.samples, journal.latest())
         _summarize(config, journal, tally, done, total, compaction)
     return 1 if tally.errors else 0
+
+
+def _chosen_candidates(config: CollectConfig, enabled: list[ModelEntry]) -> list[ModelEntry]:
+    """The registry's enabled candidates, or those of them ``--models`` names; CollectError for a name that is not one."""
+    if not enabled:
+        raise CollectError(f"{config.registry}: no enabled models; set enabled: true on at least one")
+    if not config.models:
+        return enabled
+    names = [entry.name for entry in enabled]
+    unknown = [name for name in config.models if name not in names]
+    if unknown:
+        raise CollectError(
+            f"--models: {', '.join(unknown)} not an enabled candidate of {config.registry}; choose from {', '.join(names)}"
+        )
+    return [entry for entry in enabled if entry.name in config.models]
 
 
 def _check_numbers(config: CollectConfig) -> None:
