@@ -40,7 +40,11 @@ class SelectorFit:
 
 def candidate_samples(data_dir: Path, model: str) -> pd.DataFrame:
     """The collected samples of ``model`` with their prompts: prompt_id, prompt, system, sample, response, reward,
-    and where collected output_tokens, cost_usd and logprobs (JSON text or None)."""
+    and where collected output_tokens, cost_usd and logprobs (JSON text or None).
+
+    A conversation that appears under several prompt ids is kept once (its first row in prompts.parquet): collection keys
+    samples by content, so the copies carry the very same samples, which would otherwise count twice
+    and could sit on both sides of a train/test split."""
     try:
         outcomes = pd.read_parquet(Path(data_dir) / "outcomes.parquet")
         prompts = pd.read_parquet(Path(data_dir) / "prompts.parquet")
@@ -54,6 +58,7 @@ def candidate_samples(data_dir: Path, model: str) -> pd.DataFrame:
         raise DatasetError(f"{data_dir}: no samples of {model!r} (it has {known}); fix: collect that candidate first")
     if "system" not in prompts.columns:
         prompts = prompts.assign(system=None)
+    prompts = prompts.drop_duplicates(["prompt", "system"])
     optional = [c for c in ("output_tokens", "cost_usd", "logprobs") if c in rows.columns]
     columns = ["prompt_id", "sample", "response", "reward", *optional]
     table = rows[columns].merge(prompts[["prompt_id", "prompt", "system"]], on="prompt_id")

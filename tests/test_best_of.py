@@ -186,10 +186,15 @@ def test_collect_keeps_logprobs_samples_best_of_arms_and_fits_a_selector(collect
     from predictors.selector import load_selector
     from router.cli import main
 
+    from router.selector_fitting import candidate_samples
+
     prompts, registry = collect_setup
+    table = pd.read_parquet(prompts)
+    pd.concat([table, table.head(1).assign(prompt_id="again")]).to_parquet(prompts, index=False)  # a repeated problem
     out = tmp_path / "data"
     args = ["collect", "--prompts", str(prompts), "--registry", str(registry), "--scorer", "correct", "--out", str(out)]
     assert main([*args, "--logprobs", "2"]) == 0
+    assert sorted(candidate_samples(out, "tiny@plain")["prompt_id"].unique()) == sorted(table["prompt_id"]), "kept once"
     outcomes = pd.read_parquet(out / "outcomes.parquet")
     plain, best = (outcomes[outcomes["model"] == f"tiny@{arm}"].set_index("prompt_id") for arm in ("plain", "best4"))
     assert plain["logprobs"].notna().all() and 0 < plain["reward"].mean() < 1
