@@ -63,6 +63,7 @@ class OutputLengthPredictor(BaseEstimator):
                 min_child_samples=self.min_child_samples,
                 random_state=self.random_state,
                 max_bin=63,
+                bin_construct_sample_cnt=2000,  # bin edges from 2,000 rows, as the reward heads
                 n_jobs=1,
                 verbose=-1,
             )

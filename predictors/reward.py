@@ -3,7 +3,8 @@
 Each head follows the scikit-learn estimator contract and is fitted on one model's
 expected rewards (mean reward over a prompt's samples, in [0, 1]) weighted by how
 many samples back each target. Three backends (logistic, torch MLP, LightGBM) and
-an ``auto`` head that picks one per model by cross-validated log-loss.
+an ``auto`` head that picks one per model by cross-validated log-loss (among the linear and LightGBM
+heads and their blend).
 """
 
 from __future__ import annotations
@@ -180,10 +181,14 @@ BACKENDS: dict[str, type[BaseEstimator]] = {
 }
 
 
+BLEND = "blend"
+BLEND_MEMBERS: tuple[str, ...] = ("linear", "lightgbm")
+
+
 class BlendRewardHead(BaseEstimator):
     """The equal-weight mean of several backends: often better calibrated than any one of them."""
 
-    def __init__(self, backends: tuple[str, ...] = ("linear", "mlp", "lightgbm")) -> None:
+    def __init__(self, backends: tuple[str, ...] = BLEND_MEMBERS) -> None:
         self.backends = backends
 
     def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "BlendRewardHead":
@@ -195,26 +200,28 @@ class BlendRewardHead(BaseEstimator):
         return np.mean([member.predict(X) for member in self.members_], axis=0)
 
 
-BLEND = "blend"
-CANDIDATES: tuple[str, ...] = ("linear", "lightgbm", "mlp", BLEND)  # simplest first
+CANDIDATES: tuple[str, ...] = ("linear", "lightgbm", "mlp", BLEND)  # every backend a head can be given, simplest first
+# What ``auto`` chooses among: not the MLP, the slowest backend to fit (a quarter of a simulation's CPU time) and
+# the weakest when forced on every model (benchmarks/RESULTS.md, *Choosing the reward backend*, *Simulation time*).
+AUTO_CANDIDATES: tuple[str, ...] = ("linear", "lightgbm", BLEND)
 
 
 def _make(name: str) -> BaseEstimator:
-    return BlendRewardHead(tuple(BACKENDS)) if name == BLEND else BACKENDS[name]()
+    return BlendRewardHead(BLEND_MEMBERS) if name == BLEND else BACKENDS[name]()
 
 
 class AutoRewardHead(BaseEstimator):
     """Picks a backend for this one model by cross-validated log-loss, then refits it on every row.
 
-    Candidates are the backends and their blend (whose out-of-fold predictions are the
-    mean of the backends', so it costs no extra fits), in order of simplicity. The
+    Candidates are, by default, the linear and LightGBM backends and their blend (whose
+    out-of-fold predictions are the mean of theirs, so it costs no extra fits), in order of simplicity. The
     one-standard-error rule picks the simplest candidate whose log-loss is within one
     standard error (of the per-row difference) of the best: a more complex head must
     earn its place. Selection runs on at most ``selection_rows`` training rows.
     """
 
     def __init__(
-        self, candidates: tuple[str, ...] = CANDIDATES, cv: int = 3, selection_rows: int = 4000, random_state: int = 0
+        self, candidates: tuple[str, ...] = AUTO_CANDIDATES, cv: int = 3, selection_rows: int = 4000, random_state: int = 0
     ):
         self.candidates = candidates
         self.cv = cv
@@ -225,13 +232,13 @@ class AutoRewardHead(BaseEstimator):
         """Per-row out-of-fold losses (times the row's weight share) for every candidate."""
         rows = np.random.default_rng(self.random_state).permutation(len(y))[: self.selection_rows]
         X, y, w = X[rows], y[rows], w[rows]
-        needed = list(BACKENDS) if BLEND in self.candidates else list(self.candidates)
+        needed = list(dict.fromkeys(name for c in self.candidates for name in (BLEND_MEMBERS if c == BLEND else (c,))))
         out_of_fold = {name: np.zeros(len(y)) for name in needed}
         for train, test in KFold(self.cv, shuffle=True, random_state=self.random_state).split(X):
             for name in needed:
                 out_of_fold[name][test] = BACKENDS[name]().fit(X[train], y[train], w[train]).predict(X[test])
         if BLEND in self.candidates:
-            out_of_fold[BLEND] = np.mean([out_of_fold[name] for name in BACKENDS], axis=0)
+            out_of_fold[BLEND] = np.mean([out_of_fold[name] for name in BLEND_MEMBERS], axis=0)
         share = w / w.mean()
         return {name: share * row_log_loss(y, out_of_fold[name]) for name in self.candidates}
 
