@@ -1,6 +1,6 @@
 """Best-of-N on a real local model: SWIFT selectors (hidden states, logits) against simple ways to pick.
 
-    python -m benchmarks.best_of_study --data DIR --model smollm2@steps --registry benchmarks/local_arms.yaml \
+    python -m benchmarks.best_of_study --data DIR --model smollm2@direct --registry benchmarks/local_arms.yaml \
         --out benchmarks/results
 
 DIR is an ``erp collect --samples 8 --logprobs 5`` folder (answers graded 0/1 by the ``answer`` scorer). For
@@ -110,7 +110,7 @@ def evaluate_split(samples: pd.DataFrame, feats: dict, seed: int, train_problems
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.best_of_study", description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--model", required=True, help="the candidate whose samples to use, e.g. smollm2@steps")
+    parser.add_argument("--model", required=True, help="the candidate whose samples to use, e.g. smollm2@direct")
     parser.add_argument("--registry", default="benchmarks/local_arms.yaml")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results")

@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import joblib
 
@@ -61,11 +62,14 @@ def save(artifact: SharedArtifact | ModelArtifact, path: Path) -> None:
             os.unlink(staging)
 
 
-def read_versioned(path: Path, kind: type, format_version: int, what: str, fix: str) -> object:
+Artifact = TypeVar("Artifact")
+
+
+def read_versioned(path: Path, kind: type[Artifact], format_version: int, what: str, fix: str, missing_fix: str | None = None) -> Artifact:
     """The ``kind`` object of ``format_version`` pickled at ``path``; ArtifactError naming the file, the
-    problem (missing, unreadable, another kind or format) and ``fix`` otherwise."""
+    problem (missing, unreadable, another kind or format) and the fix (``missing_fix`` for a missing file, if given)."""
     if not path.is_file():
-        raise ArtifactError(f"{path}: {what} file not found; fix: {fix}")
+        raise ArtifactError(f"{path}: {what} file not found; fix: {missing_fix or fix}")
     try:
         artifact = joblib.load(path)
     except Exception as exc:  # joblib surfaces pickle, EOF and zlib errors for damaged files
@@ -75,9 +79,13 @@ def read_versioned(path: Path, kind: type, format_version: int, what: str, fix: 
     return artifact
 
 
-def _load(path: Path, kind: type) -> SharedArtifact | ModelArtifact:
-    what = "shared predictor" if kind is SharedArtifact else "model predictor"
-    return read_versioned(path, kind, FORMAT_VERSION, what, "run `erp fit --data DIR` (a file of another format: refit it)")
+def _load(path: Path, kind: type[Artifact]) -> Artifact:
+    if kind is SharedArtifact:
+        return read_versioned(path, kind, FORMAT_VERSION, "shared predictor", "refit the pool: `erp fit --data DIR`")
+    return read_versioned(
+        path, kind, FORMAT_VERSION, "model predictor", "refit it: `erp fit --data DIR --model NAME` (or the whole pool)",
+        missing_fix="run `erp fit --data DIR` (a model added later: `erp fit --data DIR --model NAME`)",
+    )
 
 
 def load_shared(path: Path, encoder: str | None = None) -> SharedArtifact:

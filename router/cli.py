@@ -80,10 +80,20 @@ def _collect(args: argparse.Namespace) -> int:
         limit=args.limit,
         seed=args.seed,
         categories=Path(args.categories) if args.categories else None,
-        models=tuple(name.strip() for name in args.models.split(",") if name.strip()) if args.models else (),
+        models=_names(args.models),
         sampling=sampling,
     )
     return run_collect(config)
+
+
+def _names(listed: str | None) -> tuple[str, ...]:
+    """A comma-separated --models value as names; an empty list is an error (it would silently mean every model)."""
+    if listed is None:
+        return ()
+    names = tuple(dict.fromkeys(name.strip() for name in listed.split(",") if name.strip()))
+    if not names:
+        raise UsageError(f"--models {listed!r}: no names; give MODEL or MODEL@ARM, comma-separated")
+    return names
 
 
 def _fit_selector(args: argparse.Namespace) -> None:
@@ -163,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--holdout-model", help="fit the pool without this model, then add it with one head fit")
     simulate.set_defaults(handler=_simulate)
 
-    collect = sub.add_parser("collect", help="sample every enabled model on prompts, score the responses, write a routing dataset")
+    collect = sub.add_parser(
+        "collect", help="sample every enabled model (or those --models names) on prompts, score the responses, write a routing dataset"
+    )
     collect.add_argument("--prompts", required=True, help="open-perfectblend parquet/JSONL file, or a prompts.parquet")
     collect.add_argument("--registry", default=DEFAULT_REGISTRY)
     collect.add_argument("--samples", type=int, default=1, help="responses per (prompt, model)")
@@ -172,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--limit", type=int, help="collect on this many prompts, stratified by category")
     collect.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     collect.add_argument("--categories", help="YAML mapping category -> source substrings, tried before the built-ins")
-    collect.add_argument("--models", help="comma-separated candidates (MODEL or MODEL@ARM) to sample; default: every enabled one")
+    collect.add_argument(
+        "--models", help="comma-separated candidates to sample: MODEL@ARM, or MODEL for a model's enabled arms; default: every enabled one"
+    )
     collect.add_argument("--concurrency", type=int, default=8, help="calls in flight per model")
     collect.add_argument("--temperature", type=float, default=0.7)
     collect.add_argument("--max-tokens", type=int, default=1024, help="response budget per call")

@@ -58,7 +58,7 @@ def candidate_samples(data_dir: Path, model: str) -> pd.DataFrame:
         raise DatasetError(f"{data_dir}: no samples of {model!r} (it has {known}); fix: collect that candidate first")
     if "system" not in prompts.columns:
         prompts = prompts.assign(system=None)
-    prompts = prompts.drop_duplicates(["prompt", "system"])
+    prompts = prompts[~prompts.assign(system=prompts["system"].fillna("")).duplicated(["prompt", "system"])]
     optional = [c for c in ("output_tokens", "cost_usd", "logprobs") if c in rows.columns]
     columns = ["prompt_id", "sample", "response", "reward", *optional]
     table = rows[columns].merge(prompts[["prompt_id", "prompt", "system"]], on="prompt_id")

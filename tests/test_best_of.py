@@ -3,19 +3,15 @@ answered, all N charged; samples that cannot be scored fail the request instead 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import openai
 import pytest
 import yaml
-from conftest import registry_document
+from best_of_fixtures import MODEL, best_of_registry
 from serving_fixtures import UPSTREAM_KEY, UPSTREAM_KEY_ENV
 from stub_upstream import serve_in_thread
 
-from predictors.selector import TokenRewardSelector, save_selector
-from predictors.token_features import LogprobFeatures
 from router.errors import UpstreamError
 from router.registry import RegistryError, load_registry
 from router.sdk import Router
@@ -23,39 +19,8 @@ from router.server import create_app
 from router.store import MemoryStore
 from test_server import MESSAGES
 
-MODEL = "gpt-4o-mini-2024-07-18"
 ANSWERS = ["alpha one", "bravo two", "charlie three", "delta four"]
 CONFIDENCE = {"alpha one": 0.3, "bravo two": 0.95, "charlie three": 0.2, "delta four": 0.5}
-
-
-def _content(words: int, probability: float) -> list[dict]:
-    top = [{"token": "w", "logprob": math.log(probability)}, {"token": "~", "logprob": math.log(1 - probability)}]
-    return [{"token": "w", "logprob": math.log(probability), "top_logprobs": top} for _ in range(words)]
-
-
-@pytest.fixture(scope="module")
-def confidence_selector(tmp_path_factory) -> Path:
-    """A logprob selector that learned 'confident answers are right' from planted examples."""
-    rng = np.random.default_rng(0)
-    source = LogprobFeatures(top_k=2)
-    probabilities = rng.uniform(0.05, 0.95, 120)
-    answers = [source.for_content(_content(int(rng.integers(1, 6)), p)) for p in probabilities]
-    selector = TokenRewardSelector(random_state=0).fit(answers, (probabilities > 0.5).astype(int), source.describe())
-    path = tmp_path_factory.mktemp("selector") / "confidence.joblib"
-    save_selector(selector, path)
-    return path
-
-
-def best_of_registry(artifacts: Path, selector: Path, api_base: str) -> dict:
-    document = registry_document(artifacts, api_base=api_base, api_key_env=UPSTREAM_KEY_ENV)
-    mini = next(m for m in document["models"] if m["name"] == MODEL)
-    predictor = mini.pop("predictor")  # the arms reuse the model's fitted predictor file
-    mini["arms"] = [
-        {"name": "plain", "predictor": predictor},
-        {"name": "best4", "predictor": predictor, "best_of": 4, "selector": str(selector)},
-        {"name": "best3", "predictor": predictor, "best_of": 3, "selector": str(selector), "best_of_sampling": "calls"},
-    ]
-    return document
 
 
 @pytest.fixture
@@ -205,6 +170,19 @@ def test_collect_keeps_logprobs_samples_best_of_arms_and_fits_a_selector(collect
     assert main([*fit, "--source", "logprobs", "--top-k", "2"]) == 0
     fitted = load_selector(selector)
     assert fitted.feature_source_ == {"kind": "logprobs", "top_k": 2} and fitted.n_parameters_ == 2 * 7 + 2
+
+
+def test_collect_models_takes_an_arm_or_a_model_for_all_its_enabled_arms(collect_setup, tmp_path) -> None:
+    import pandas as pd
+
+    from router.cli import main
+
+    prompts, registry = collect_setup
+    args = ["collect", "--prompts", str(prompts), "--registry", str(registry), "--scorer", "correct", "--limit", "4"]
+    for models, expected in [("tiny@plain", {"tiny@plain"}), ("tiny", {"tiny@plain", "tiny@best4"})]:
+        out = tmp_path / models
+        assert main([*args, "--models", models, "--out", str(out)]) == 0
+        assert set(pd.read_parquet(out / "outcomes.parquet")["model"]) == expected
 
 
 def test_fit_selector_bad_inputs_exit_2_with_the_fix(collect_setup, tmp_path, capsys) -> None:

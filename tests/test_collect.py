@@ -317,7 +317,14 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
         registry.write_text(yaml.safe_dump(document))
         return collect_args(prompts, registry, out), "no enabled models"
     if case == "unknown-candidate":
-        return collect_args(prompts, registry, out, "--models", "alpha,gamma"), "--models: gamma not an enabled candidate"
+        return collect_args(prompts, registry, out, "--models", "alpha,gamma"), "--models: no candidate named 'gamma'"
+    if case == "disabled-candidate":
+        document = yaml.safe_load(registry.read_text())
+        document["models"][1]["enabled"] = False
+        registry.write_text(yaml.safe_dump(document))
+        return collect_args(prompts, registry, out, "--models", "beta"), "'beta' is disabled"
+    if case == "empty-models":
+        return collect_args(prompts, registry, out, "--models", " , "), "--models ' , ': no names"
     raise AssertionError(case)
 
 
@@ -326,6 +333,7 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
     [
         "csv", "columns", "empty-conversation", "no-human-turn", "null-conversations", "missing-conversations",
         "number-conversations", "unwritable-out", "unknown-scorer", "samples", "no-enabled-models", "unknown-candidate",
+        "disabled-candidate", "empty-models",
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_call(setup, capsys, case):

@@ -14,7 +14,7 @@ import yaml
 from serving_fixtures import UPSTREAM_KEY_ENV
 from stub_upstream import serve_in_thread
 
-from test_best_of import MODEL, best_of_registry, confidence_selector  # noqa: F401 (a fixture)
+from best_of_fixtures import MODEL, best_of_registry
 
 from conftest import REGISTRY_MODELS, registry_document
 from router.sdk import Router
@@ -41,7 +41,7 @@ def test_the_proxy_routes_a_real_request_to_the_local_model(fitted_artifacts, lo
 
 
 def test_a_best_of_arm_answers_the_highest_scored_of_its_real_samples(
-    fitted_artifacts, confidence_selector, local_model_url, tmp_path, monkeypatch  # noqa: F811
+    fitted_artifacts, confidence_selector, local_model_url, tmp_path, monkeypatch
 ) -> None:
     monkeypatch.setenv(UPSTREAM_KEY_ENV, "local")
     path = tmp_path / "model_registry.yaml"
@@ -50,7 +50,8 @@ def test_a_best_of_arm_answers_the_highest_scored_of_its_real_samples(
     with serve_in_thread(create_app(router)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         raw = client.chat.completions.with_raw_response.create(
-            model=f"{MODEL}@best3", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=8, temperature=1.0
+            model=f"{MODEL}@best3", messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+            max_tokens=8, temperature=1.0,
         )
     completion = raw.parse()
     assert raw.headers["x-erp-arm"] == "best3" and completion.choices[0].message.content.strip()

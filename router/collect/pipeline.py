@@ -1,4 +1,5 @@
-"""``erp collect``: sample every enabled model on the prompts, score the responses, journal them, compact.
+"""``erp collect``: sample every enabled model (or those ``--models`` names) on the prompts, score the responses,
+journal them, compact.
 
 Per model, ``concurrency`` workers take that model's missing (prompt, sample) pairs and call it; responses
 pass through a bounded queue to scoring workers, which score them in batches and append each batch to the
@@ -30,7 +31,7 @@ from router.collect.journal import Journal, Record
 from router.collect.manifest import Manifest, reconcile
 from router.collect.prompts import prompt_messages, read_prompts, stratified_head
 from router.collect.sampling import Sample, Sampler, SamplingConfig
-from router.registry import ModelEntry, load_registry
+from router.registry import ARM_SEPARATOR, ModelEntry, Registry, RegistryError, load_registry
 
 SCORE_BATCH = 16  # responses per scorer call
 SCORE_WORKERS = 4  # scorer calls in flight
@@ -101,7 +102,7 @@ def run_collect(config: CollectConfig) -> int:
     """Validate everything, collect the missing triples, compact; the exit status (see the module doc)."""
     _check_numbers(config)
     registry = load_registry(config.registry)
-    entries = _chosen_candidates(config, registry.enabled)
+    entries = _chosen_candidates(config, registry)
     per_token = dict(zip([e.name for e in entries], map(tuple, registry.usd_per_token(entries)), strict=True))
     prompts, duplicates = read_prompts(config.prompts, config.categories)
     if prompts.empty:
@@ -138,19 +139,27 @@ def run_collect(config: CollectConfig) -> int:
     return 1 if tally.errors else 0
 
 
-def _chosen_candidates(config: CollectConfig, enabled: list[ModelEntry]) -> list[ModelEntry]:
-    """The registry's enabled candidates, or those of them ``--models`` names; CollectError for a name that is not one."""
+def _chosen_candidates(config: CollectConfig, registry: Registry) -> list[ModelEntry]:
+    """The registry's enabled candidates, or those ``--models`` names (a model with arms stands for its enabled
+    arms); CollectError naming the fix for a name that is unknown, disabled, or matches nothing."""
+    enabled = registry.enabled
     if not enabled:
         raise CollectError(f"{config.registry}: no enabled models; set enabled: true on at least one")
     if not config.models:
         return enabled
-    names = [entry.name for entry in enabled]
-    unknown = [name for name in config.models if name not in names]
-    if unknown:
-        raise CollectError(
-            f"--models: {', '.join(unknown)} not an enabled candidate of {config.registry}; choose from {', '.join(names)}"
-        )
-    return [entry for entry in enabled if entry.name in config.models]
+    chosen: dict[str, ModelEntry] = {}
+    for name in config.models:
+        matches = [e for e in enabled if e.name == name or e.name.startswith(name + ARM_SEPARATOR)]
+        if not matches:
+            try:
+                registry.entry(name)
+            except RegistryError:
+                raise CollectError(
+                    f"--models: no candidate named {name!r} in {config.registry}; choose from {', '.join(e.name for e in enabled)}"
+                ) from None
+            raise CollectError(f"--models: {name!r} is disabled in {config.registry}; set enabled: true on it to collect it")
+        chosen.update((e.name, e) for e in matches)
+    return list(chosen.values())
 
 
 def _check_numbers(config: CollectConfig) -> None:
