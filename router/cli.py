@@ -59,9 +59,18 @@ def _simulate(args: argparse.Namespace) -> None:
     run_simulate(Path(args.data), Path(args.out), config)
 
 
+def _layers(listed: str | None) -> list[int] | None:
+    try:
+        return [int(part) for part in listed.split(",")] if listed else None
+    except ValueError:
+        raise UsageError(f"--layers {listed!r}: give comma-separated integers, e.g. -4,-3,-2,-1") from None
+
+
 def _collect(args: argparse.Namespace) -> int:
     from router.collect.pipeline import CollectConfig, run_collect
     from router.collect.sampling import SamplingConfig
+
+    layers = _layers(args.layers)
 
     sampling = SamplingConfig(
         temperature=args.temperature,
@@ -83,7 +92,13 @@ def _collect(args: argparse.Namespace) -> int:
         models=_names(args.models),
         sampling=sampling,
     )
-    return run_collect(config)
+    status = run_collect(config)
+    if args.hidden_states:
+        from router.selector_fitting import cache_hidden_features
+
+        answers, folder = cache_hidden_features(config.registry, config.out, layers)
+        print(f"hidden-state selector features of {answers} answers cached in {folder} (what erp fit-selector reads)")
+    return status
 
 
 def _names(listed: str | None) -> tuple[str, ...]:
@@ -100,10 +115,7 @@ def _fit_selector(args: argparse.Namespace) -> None:
     from predictors.token_features import MissingLogprobsError
     from router.selector_fitting import fit_selector
 
-    try:
-        layers = [int(part) for part in args.layers.split(",")] if args.layers else None
-    except ValueError:
-        raise UsageError(f"--layers {args.layers!r}: give comma-separated integers, e.g. -4,-3,-2,-1") from None
+    layers = _layers(args.layers)
     try:
         fitted = fit_selector(
             Path(args.registry), Path(args.data), args.model, args.source, Path(args.out), args.top_k, layers, args.seed
@@ -195,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument(
         "--logprobs", type=int, metavar="K", help="keep per-token log-probabilities with K alternatives (for erp fit-selector)"
     )
+    collect.add_argument(
+        "--hidden-states", action="store_true",
+        help="then cache the local model's hidden-state selector features of every answer, outside git (for erp fit-selector)",
+    )
+    collect.add_argument("--layers", help="hidden-state layers for --hidden-states (default -4,-3,-2,-1)")
     collect.set_defaults(handler=_collect)
 
     selector = sub.add_parser("fit-selector", help="fit a best-of-N selector on a candidate's collected samples")

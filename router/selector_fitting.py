@@ -26,6 +26,12 @@ from router.registry import ModelEntry, load_registry
 from router.schemas import ChatParameters
 
 MIN_PER_CLASS = 5  # right and wrong answers each, below which there is nothing to learn
+DEFAULT_LAYERS = [-4, -3, -2, -1]
+
+
+def feature_cache_dir() -> Path:
+    """Where hidden-state features are cached (read at call time: ERP_CACHE_DIR may change between calls)."""
+    return default_cache_dir() / "selector-features"
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ def answer_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.D
         return [source.for_content(json.loads(text)) for text in kept]
     key = hashlib.sha256(json.dumps([source.describe(), entry.system_prompt, samples[["prompt", "response"]].values.tolist()],
                                     default=str).encode()).hexdigest()[:24]
-    path = default_cache_dir() / "selector-features" / f"{key}.npz"
+    path = feature_cache_dir() / f"{key}.npz"
     if path.is_file():
         with np.load(path) as stored:
             return [stored[f"a{i}"].astype(np.float32) for i in range(len(samples))]
@@ -104,6 +110,27 @@ def _hidden_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.
         for row, array in zip(group.index, answers, strict=True):
             features[row] = array
     return features  # type: ignore[return-value]
+
+
+def cache_hidden_features(registry_path: Path, data_dir: Path, layers: list[int] | None = None) -> tuple[int, Path]:
+    """Compute and cache the hidden-state features of every answer in ``data_dir`` (each collected candidate
+    without best_of; a best-of outcome is already a selection), so ``fit_selector`` later reads them back:
+    the features the selector needs, not whole hidden-state tensors. Returns the answers featurized and the
+    cache folder."""
+    registry = load_registry(registry_path)
+    try:
+        collected = pd.read_parquet(Path(data_dir) / "outcomes.parquet", columns=["model"])["model"].unique()
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{data_dir}: cannot read outcomes.parquet ({exc}); fix: pass an `erp collect` --out folder") from None
+    source = build_source("hidden_states", 0, layers or DEFAULT_LAYERS)
+    answers = 0
+    for name in collected:
+        entry = registry.entry(name)
+        if entry.best_of is None:
+            samples = candidate_samples(data_dir, name)
+            answer_features(source, entry, samples)
+            answers += len(samples)
+    return answers, feature_cache_dir()
 
 
 def build_source(kind: str, top_k: int, layers: list[int]) -> TokenFeatureSource:
@@ -127,7 +154,7 @@ def fit_selector(
             f"{data_dir}: {model} has {labels.sum()} right and {len(labels) - labels.sum()} wrong samples; a selector "
             f"needs at least {MIN_PER_CLASS} of each; fix: collect more prompts or samples (--samples)"
         )
-    source = build_source(kind, top_k, layers or [-4, -3, -2, -1])
+    source = build_source(kind, top_k, layers or DEFAULT_LAYERS)
     selector = TokenRewardSelector(random_state=seed).fit(
         answer_features(source, entry, samples), labels, feature_source=source.describe()
     )

@@ -117,5 +117,5 @@ def rng() -> np.random.Generator:
 
 
 from serving_fixtures import make_router, stub, stub_server  # noqa: E402,F401  (serving test fixtures)
-from local_model_fixtures import local_model_url  # noqa: E402,F401  (the local llama.cpp model)
+from local_model_fixtures import local_model_url, smollm2  # noqa: E402,F401  (the local model: llama.cpp, transformers)
 from best_of_fixtures import confidence_selector  # noqa: E402,F401  (a fitted best-of-N selector)

@@ -29,3 +29,12 @@ def local_model_url() -> Iterator[str]:
         yield server.base_url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2's hidden-state selector features through transformers (the last four layers), loaded once."""
+    from predictors.token_features import HiddenStateFeatures
+    from router.local_model import find_gguf
+
+    return HiddenStateFeatures(find_gguf(), layers=(-4, -3, -2, -1), batch_size=4, n_threads=1)

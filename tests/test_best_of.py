@@ -185,6 +185,32 @@ def test_collect_models_takes_an_arm_or_a_model_for_all_its_enabled_arms(collect
         assert set(pd.read_parquet(out / "outcomes.parquet")["model"]) == expected
 
 
+def test_collect_caches_the_hidden_state_features_fit_selector_reads(collect_setup, smollm2, tmp_path, monkeypatch) -> None:
+    import numpy as np
+
+    from router import selector_fitting
+    from router.cli import main
+
+    prompts, registry = collect_setup
+    monkeypatch.setenv("ERP_CACHE_DIR", str(tmp_path / "cache"))
+    built = []
+    monkeypatch.setattr(selector_fitting, "build_source", lambda kind, top_k, layers: built.append((kind, layers)) or smollm2)
+    out = tmp_path / "data"
+    args = ["collect", "--prompts", str(prompts), "--registry", str(registry), "--scorer", "correct", "--limit", "3",
+            "--samples", "2", "--hidden-states", "--out", str(out)]
+    assert main(args) == 0
+    assert built == [("hidden_states", [-4, -3, -2, -1])]
+    (cached,) = (tmp_path / "cache" / "selector-features").iterdir()
+    with np.load(cached) as stored:
+        arrays = [stored[name] for name in stored.files]
+    assert len(arrays) == 3 * 2, "every answer of the plain arm; the best-of arm's outcomes are selections, not samples"
+    assert all(a.ndim == 2 and a.shape[0] >= 1 and a.shape[1] == 576 * 4 for a in arrays)
+    samples = selector_fitting.candidate_samples(out, "tiny@plain")
+    monkeypatch.setattr(smollm2, "for_answers", lambda *a, **k: pytest.fail("recomputed instead of read back"))
+    entry = load_registry(registry).entry("tiny@plain")
+    assert [a.shape for a in selector_fitting.answer_features(smollm2, entry, samples)] == [a.shape for a in arrays]
+
+
 def test_fit_selector_bad_inputs_exit_2_with_the_fix(collect_setup, tmp_path, capsys) -> None:
     from router.cli import main
 

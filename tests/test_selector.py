@@ -214,13 +214,6 @@ needs_smollm2 = pytest.mark.skipif(
 QUESTION = [{"role": "user", "content": "Ana has 12 apples and buys 5 more. How many apples does she have?"}]
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> HiddenStateFeatures:
-    from router.local_model import find_gguf
-
-    return HiddenStateFeatures(find_gguf(), layers=(-4, -3, -2, -1), batch_size=4, n_threads=1)
-
-
 @needs_smollm2
 def test_hidden_states_at_the_answer_tokens(smollm2) -> None:
     answer = "She has 12 + 5 = 17 apples."
