@@ -3,9 +3,9 @@ borrowed from the pool's models.
 
 The prior is the mean logit of the pool models nearest the new model in reward space (judged on the
 prompts it has labels for), shifted (or shifted and scaled) to the new model's rewards. The new model's
-own ``ModelPredictor`` is blended with it; how many neighbours and how much weight the own predictor gets
-are chosen by inner cross-validation on the new model's labels, so with few labels the prior dominates
-and with many the own predictor does. Evidence: benchmarks/RESULTS.md, *Onboarding a model from few labels*.
+own ``ModelPredictor`` is blended with it; how many neighbours (by log-loss) and how much weight the own
+predictor gets (by how well the blend ranks the prompts where the new model beats the pool's models) are
+chosen by inner cross-validation on the new model's labels. Evidence: benchmarks/RESULTS.md, *Onboarding a model from few labels*.
 """
 
 from __future__ import annotations
@@ -45,6 +45,24 @@ def nearest_columns(pool_rewards: np.ndarray, rewards: np.ndarray, weights: np.n
     sample-weighted log-loss of their predicted rewards against its rewards, nearest first."""
     losses = [_log_loss(rewards, pool_rewards[:, m], weights) for m in range(pool_rewards.shape[1])]
     return np.argsort(losses, kind="stable")[:k]
+
+
+def routing_gain(estimate: np.ndarray, rewards: np.ndarray, weights: np.ndarray, pool_rewards: np.ndarray) -> float:
+    """How well ``estimate`` ranks prompts by the new model's advantage over each pool model: the mean, over the
+    pool's models a, of the area between the uplift curve and the diagonal.
+
+    Prompts are sorted by the predicted advantage ``estimate - p_a``; the curve accumulates the realized
+    advantage ``reward - p_a`` (the new model's label minus a's expected reward, an unbiased estimate of the
+    true advantage at that prompt). A router that sends the new model the prompts at the head of that order
+    gains the curve's height; a random order gains the diagonal. It needs labels of the new model only, and
+    a constant shift of ``estimate`` leaves it unchanged: it scores where the model is worth calling, not its level."""
+    share = weights / weights.mean()
+    areas = []
+    for a in range(pool_rewards.shape[1]):
+        order = np.argsort(-(estimate - pool_rewards[:, a]), kind="stable")
+        curve = np.cumsum(((rewards - pool_rewards[:, a]) * share)[order]) / len(order)
+        areas.append(curve.mean() - curve[-1] * (len(order) + 1) / (2 * len(order)))
+    return float(np.mean(areas))
 
 
 def mean_logit(pool_rewards: np.ndarray) -> np.ndarray:
@@ -99,9 +117,10 @@ class OnboardedModelPredictor(BaseEstimator):
     ``calibration_`` of the mean logit of ``prior_models_``, copies of the ``n_nearest_`` nearest ones,
     so the fitted estimator's file is self-contained and serving it costs a few more model
     predictions. The neighbour count and calibration (``calibration_kind_``: a shift, or a fitted
-    slope too), then the own predictor's weight ``own_weight_`` (w), are chosen by ``cv``-fold
-    cross-validated log-loss on the labelled prompts, each by the one-standard-error rule (a shift before
-    a fitted slope, a smaller weight before a larger); ``cv_scores_`` keeps every candidate's mean loss.
+    slope too) are chosen by ``cv``-fold cross-validated log-loss on the labelled prompts with the
+    one-standard-error rule (a shift before a fitted slope); the own predictor's weight ``own_weight_`` (w)
+    by the cross-validated ``routing_gain`` of the blend (the smaller weight on a tie). ``cv_scores_`` keeps
+    every candidate's mean loss, and each weight's gain.
     Output lengths come from the own predictor ``own_``.
     """
 
@@ -156,12 +175,20 @@ class OnboardedModelPredictor(BaseEstimator):
         prior_losses = {candidate: row_log_loss(y, oof) * w / w.mean() for candidate, oof in prior_oof.items()}
         best = _simplest_within_one_se(prior_losses)
         self.n_nearest_, self.calibration_kind_ = best
-        own_losses = {float(a): row_log_loss(y, (1 - a) * prior_oof[best] + a * own_oof) * w / w.mean() for a in OWN_WEIGHTS}
-        # Labels that never vary say nothing about which prompts are hard, and an own predictor fitted on
-        # them is a constant 0 or 1 that no held-out label can contradict: the prior alone stands.
-        self.own_weight_ = _simplest_within_one_se(own_losses) if np.ptp(y) > 0 else 0.0
-        self.cv_scores_ = {name: {c: float(l.mean()) for c, l in losses.items()} for name, losses in
-                           (("prior", prior_losses), ("own_weight", own_losses))}
+        blends = {float(a): (1 - a) * prior_oof[best] + a * own_oof for a in OWN_WEIGHTS}
+        gains = {a: routing_gain(blend, y, w, pool) for a, blend in blends.items()}
+        # The weight is chosen by routing gain, not log-loss: the prior wins on log-loss at every label count,
+        # yet routes worse, because a shifted copy of the nearest models says nothing about where the new model
+        # beats them (benchmarks/RESULTS.md, *Onboarding a model from few labels*). Labels that never vary say
+        # nothing about which prompts are hard, and an own predictor fitted on them is a constant 0 or 1 that
+        # no held-out label can contradict: the prior alone stands.
+        self.own_weight_ = max(gains, key=lambda a: (gains[a], -a)) if np.ptp(y) > 0 else 0.0
+        own_losses = {a: row_log_loss(y, blend) * w / w.mean() for a, blend in blends.items()}
+        self.cv_scores_ = {
+            "prior": {c: float(l.mean()) for c, l in prior_losses.items()},
+            "own_weight": {a: float(l.mean()) for a, l in own_losses.items()},
+            "own_weight_routing_gain": gains,
+        }
         columns, self.calibration_ = fit_prior(pool, y, w, *best)
         self.prior_models_ = {names[c]: self.prior_models[names[c]] for c in columns}
         self.own_ = self._own().fit(features, input_tokens, rewards, weights, output_tokens, reference_rows)

@@ -129,3 +129,17 @@ def test_a_model_missing_from_the_registry_is_refused(tmp_path, onboarding_regis
     err = capsys.readouterr().err
     assert "no model named 'gemma-2-2b-it'" in err and "fix: use one of them or add it under `models:`" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_routing_gain_scores_where_the_new_model_beats_the_pool_not_its_level():
+    from predictors.onboarding import routing_gain
+
+    rng = np.random.default_rng(0)
+    nearest = rng.uniform(0.2, 0.8, (4000, 1))  # the pool: the new model's nearest model alone
+    truth = np.clip(nearest[:, 0] + rng.normal(0.05, 0.2, 4000), 0.01, 0.99)  # better than it here, worse there
+    labels, weights = rng.binomial(1, truth).astype(float), np.ones(4000)
+    knows_where = routing_gain(truth, labels, weights, nearest)
+    assert knows_where > 0.02
+    assert routing_gain(truth + 0.3, labels, weights, nearest) == pytest.approx(knows_where), "a level shift changes nothing"
+    shifted_copy = routing_gain(nearest[:, 0] + 0.05, labels, weights, nearest)
+    assert abs(shifted_copy) < 0.2 * knows_where, "a shifted copy of the nearest model says nothing about where"
