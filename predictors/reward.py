@@ -221,7 +221,7 @@ class AutoRewardHead(BaseEstimator):
     """
 
     def __init__(
-        self, candidates: tuple[str, ...] = AUTO_CANDIDATES, cv: int = 3, selection_rows: int = 4000, random_state: int = 0
+        self, candidates: tuple[str, ...] = AUTO_CANDIDATES, cv: int = 3, selection_rows: int = 2000, random_state: int = 0
     ):
         self.candidates = candidates
         self.cv = cv
