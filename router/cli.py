@@ -10,6 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from predictors.token_features import TokenFeatureSource
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -60,10 +64,25 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _layers(listed: str | None) -> list[int] | None:
+    """A --layers value as distinct integers (None when not given); their range is checked against the model."""
+    if listed is None:
+        return None
     try:
-        return [int(part) for part in listed.split(",")] if listed else None
+        layers = [int(part) for part in listed.split(",")]
     except ValueError:
-        raise UsageError(f"--layers {listed!r}: give comma-separated integers, e.g. -4,-3,-2,-1") from None
+        raise UsageError(f"--layers {listed!r}: give comma-separated integers, e.g. --layers=-4,-3,-2,-1") from None
+    if len(set(layers)) != len(layers):
+        raise UsageError(f"--layers {listed!r}: a layer is named twice; give distinct layers, e.g. --layers=-4,-3,-2,-1")
+    return layers
+
+
+def _feature_source(kind: str, top_k: int, layers: list[int] | None) -> TokenFeatureSource:
+    from router.selector_fitting import FeatureSourceError, build_source
+
+    try:  # loads the local model for hidden states: a bad --layers is refused before any other work
+        return build_source(kind, top_k, layers)
+    except FeatureSourceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -71,7 +90,8 @@ def _collect(args: argparse.Namespace) -> int:
     from router.collect.sampling import SamplingConfig
 
     layers = _layers(args.layers)
-
+    if layers is not None and not args.hidden_states:
+        raise UsageError("--layers applies to --hidden-states; add --hidden-states or drop --layers")
     sampling = SamplingConfig(
         temperature=args.temperature,
         max_tokens=args.max_tokens,
@@ -92,11 +112,12 @@ def _collect(args: argparse.Namespace) -> int:
         models=_names(args.models),
         sampling=sampling,
     )
+    source = _feature_source("hidden_states", 0, layers) if args.hidden_states else None  # before any call: fail fast
     status = run_collect(config)
-    if args.hidden_states:
+    if source is not None:
         from router.selector_fitting import cache_hidden_features
 
-        answers, folder = cache_hidden_features(config.registry, config.out, layers)
+        answers, folder = cache_hidden_features(config.registry, config.out, source)
         print(f"hidden-state selector features of {answers} answers cached in {folder} (what erp fit-selector reads)")
     return status
 
@@ -113,14 +134,14 @@ def _names(listed: str | None) -> tuple[str, ...]:
 
 def _fit_selector(args: argparse.Namespace) -> None:
     from predictors.token_features import MissingLogprobsError
-    from router.selector_fitting import fit_selector
+    from router.selector_fitting import FeatureSourceError, fit_selector
 
     layers = _layers(args.layers)
     try:
         fitted = fit_selector(
             Path(args.registry), Path(args.data), args.model, args.source, Path(args.out), args.top_k, layers, args.seed
         )
-    except MissingLogprobsError as exc:
+    except (MissingLogprobsError, FeatureSourceError) as exc:
         raise UsageError(str(exc)) from None
     print(
         f"{args.model}: selector on {args.source} fitted on {fitted.answers} answers to {fitted.prompts} prompts "
@@ -205,13 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--timeout", type=float, default=120.0, help="seconds per call attempt")
     collect.add_argument("--retries", type=int, default=4, help="retries per call on 429, 5xx, timeouts")
     collect.add_argument(
-        "--logprobs", type=int, metavar="K", help="keep per-token log-probabilities with K alternatives (for erp fit-selector)"
+        "--logprobs", type=int, metavar="K",
+        help="keep per-token log-probabilities with K alternatives, 0 to 20 (0: the chosen tokens' only; for erp fit-selector)"
     )
     collect.add_argument(
         "--hidden-states", action="store_true",
         help="then cache the local model's hidden-state selector features of every answer, outside git (for erp fit-selector)",
     )
-    collect.add_argument("--layers", help="hidden-state layers for --hidden-states (default -4,-3,-2,-1)")
+    collect.add_argument("--layers", help="hidden-state layers for --hidden-states, written --layers=-4,-3 (default the last four)")
     collect.set_defaults(handler=_collect)
 
     selector = sub.add_parser("fit-selector", help="fit a best-of-N selector on a candidate's collected samples")
@@ -220,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     selector.add_argument("--out", required=True, help="selector file to write (name it in the arm's selector:)")
     selector.add_argument("--source", default="hidden_states", choices=("hidden_states", "logprobs"))
     selector.add_argument("--top-k", type=int, default=5, help="alternatives per token (logprobs source)")
-    selector.add_argument("--layers", help="comma-separated hidden-state layers (default -4,-3,-2,-1)")
+    selector.add_argument("--layers", help="comma-separated hidden-state layers, written --layers=-4,-3 (default the last four)")
     selector.add_argument("--registry", default=DEFAULT_REGISTRY)
     selector.add_argument("--seed", type=int, default=0)
     selector.set_defaults(handler=_fit_selector)

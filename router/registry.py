@@ -263,6 +263,9 @@ class Registry(BaseModel):
         for candidate in candidates:
             if candidate.name == name:
                 return candidate
+        arms = [c.name for c in candidates if c.name.startswith(name + ARM_SEPARATOR)]
+        if arms:
+            raise RegistryError(f"{self.source}: {name!r} is a model with arms; fix: name one arm, one of {', '.join(arms)}")
         known = ", ".join(c.name for c in candidates)
         raise RegistryError(
             f"{self.source}: no model named {name!r}; registry models and arms (MODEL@ARM): {known}; "

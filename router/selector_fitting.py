@@ -112,8 +112,8 @@ def _hidden_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.
     return features  # type: ignore[return-value]
 
 
-def cache_hidden_features(registry_path: Path, data_dir: Path, layers: list[int] | None = None) -> tuple[int, Path]:
-    """Compute and cache the hidden-state features of every answer in ``data_dir`` (each collected candidate
+def cache_hidden_features(registry_path: Path, data_dir: Path, source: TokenFeatureSource) -> tuple[int, Path]:
+    """Compute and cache ``source``'s features of every answer in ``data_dir`` (each collected candidate
     without best_of; a best-of outcome is already a selection), so ``fit_selector`` later reads them back:
     the features the selector needs, not whole hidden-state tensors. Returns the answers featurized and the
     cache folder."""
@@ -122,7 +122,6 @@ def cache_hidden_features(registry_path: Path, data_dir: Path, layers: list[int]
         collected = pd.read_parquet(Path(data_dir) / "outcomes.parquet", columns=["model"])["model"].unique()
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{data_dir}: cannot read outcomes.parquet ({exc}); fix: pass an `erp collect` --out folder") from None
-    source = build_source("hidden_states", 0, layers or DEFAULT_LAYERS)
     answers = 0
     for name in collected:
         entry = registry.entry(name)
@@ -133,13 +132,23 @@ def cache_hidden_features(registry_path: Path, data_dir: Path, layers: list[int]
     return answers, feature_cache_dir()
 
 
-def build_source(kind: str, top_k: int, layers: list[int]) -> TokenFeatureSource:
-    """The feature source named on the command line; hidden states are the bundled local model's."""
+class FeatureSourceError(ValueError):
+    """A feature source that cannot be built as asked: layers out of range, or no local model installed."""
+
+
+def build_source(kind: str, top_k: int, layers: list[int] | None = None) -> TokenFeatureSource:
+    """The feature source named on the command line; hidden states are the bundled local SmolLM2's, whichever
+    model wrote the answers. FeatureSourceError, with the fix, when it cannot be built."""
     if kind == "logprobs":
         return LogprobFeatures(top_k=top_k)
-    from router.local_model import find_gguf
+    from router.local_model import LocalModelError, find_gguf
 
-    return HiddenStateFeatures(find_gguf(), layers=layers)
+    try:
+        return HiddenStateFeatures(find_gguf(), layers=layers or DEFAULT_LAYERS)
+    except LocalModelError as exc:
+        raise FeatureSourceError(str(exc)) from None
+    except ValueError as exc:
+        raise FeatureSourceError(f"--layers: {exc}") from None
 
 
 def fit_selector(
@@ -154,7 +163,7 @@ def fit_selector(
             f"{data_dir}: {model} has {labels.sum()} right and {len(labels) - labels.sum()} wrong samples; a selector "
             f"needs at least {MIN_PER_CLASS} of each; fix: collect more prompts or samples (--samples)"
         )
-    source = build_source(kind, top_k, layers or DEFAULT_LAYERS)
+    source = build_source(kind, top_k, layers)
     selector = TokenRewardSelector(random_state=seed).fit(
         answer_features(source, entry, samples), labels, feature_source=source.describe()
     )

@@ -199,7 +199,7 @@ def test_collect_caches_the_hidden_state_features_fit_selector_reads(collect_set
     args = ["collect", "--prompts", str(prompts), "--registry", str(registry), "--scorer", "correct", "--limit", "3",
             "--samples", "2", "--hidden-states", "--out", str(out)]
     assert main(args) == 0
-    assert built == [("hidden_states", [-4, -3, -2, -1])]
+    assert built == [("hidden_states", None)]  # the default layers, applied by build_source
     (cached,) = (tmp_path / "cache" / "selector-features").iterdir()
     with np.load(cached) as stored:
         arrays = [stored[name] for name in stored.files]
@@ -209,6 +209,27 @@ def test_collect_caches_the_hidden_state_features_fit_selector_reads(collect_set
     monkeypatch.setattr(smollm2, "for_answers", lambda *a, **k: pytest.fail("recomputed instead of read back"))
     entry = load_registry(registry).entry("tiny@plain")
     assert [a.shape for a in selector_fitting.answer_features(smollm2, entry, samples)] == [a.shape for a in arrays]
+
+
+def test_collect_refuses_bad_layers_before_any_call(collect_setup, stub, tmp_path, monkeypatch, capsys) -> None:
+    from router import selector_fitting
+    from router.cli import main
+
+    def out_of_range(gguf, layers):
+        raise ValueError(f"layers {layers} must be hidden-state indices in [-31, 30]")
+
+    monkeypatch.setattr(selector_fitting, "HiddenStateFeatures", out_of_range)
+    prompts, registry = collect_setup
+    args = ["collect", "--prompts", str(prompts), "--registry", str(registry), "--scorer", "correct", "--out", str(tmp_path / "d")]
+    for extra, message in [
+        (["--hidden-states", "--layers", "99"], "--layers: layers [99] must be hidden-state indices"),
+        (["--layers", "-1"], "--layers applies to --hidden-states"),
+        (["--hidden-states", "--layers", ""], "comma-separated integers"),
+    ]:
+        assert main([*args, *extra]) == 2
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error
+    assert not stub.state.hits and not (tmp_path / "d").exists()
 
 
 def test_fit_selector_bad_inputs_exit_2_with_the_fix(collect_setup, tmp_path, capsys) -> None:
@@ -223,6 +244,9 @@ def test_fit_selector_bad_inputs_exit_2_with_the_fix(collect_setup, tmp_path, ca
         (["--model", "tiny@plain", "--source", "logprobs"], "erp collect --logprobs 5"),
         (["--model", "tiny@nope"], "no model named 'tiny@nope'"),
         (["--model", "tiny@plain", "--layers", "last"], "comma-separated integers"),
+        (["--model", "tiny@plain", "--layers=-1,-1"], "a layer is named twice"),
+        (["--model", "tiny@plain", "--layers", "99"], "--layers: layers [99] must be hidden-state indices in [-31, 30]"),
+        (["--model", "tiny"], "'tiny' is a model with arms; fix: name one arm, one of tiny@plain, tiny@best4"),
     ]:
         assert main([*fit, *extra]) == 2
         error = capsys.readouterr().err
