@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncGenerator, AsyncIterable
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -300,7 +301,10 @@ async def _server_sent_events(stream: AsyncIterable[Any]) -> AsyncGenerator[str,
         yield f"data: {exc.body().model_dump_json(exclude_none=True)}\n\n"
         return
     finally:
-        await chunks.aclose()
+        # A disconnect cancels the response's scope, and in a cancelled scope every await is cancelled at once:
+        # unshielded, this close never ran and the stream's record and spend were left to the garbage collector.
+        with anyio.CancelScope(shield=True):
+            await chunks.aclose()
     yield "data: [DONE]\n\n"
 
 
