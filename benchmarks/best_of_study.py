@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     entry = load_registry(args.registry).entry(args.model)
     samples = candidate_samples(Path(args.data), args.model)
-    hidden, hidden_seconds = timed_features(build_source("hidden_states", 0, [-4, -3, -2, -1]), entry, samples)
+    hidden, hidden_seconds = timed_features(build_source("hidden_states", 0), entry, samples)
     logits, logit_seconds = timed_features(LogprobFeatures(top_k=5), entry, samples)
     feats = {"hidden": hidden, "logits": logits}
     rows = []

@@ -20,7 +20,7 @@ from predictors.dataset import DatasetError
 from predictors.embedding import default_cache_dir
 from predictors.selector import TokenRewardSelector, save_selector
 from predictors.token_features import HiddenStateFeatures, LogprobFeatures, MissingLogprobsError, TokenFeatureSource
-from router.collect.prompts import prompt_messages
+from router.collect.prompts import prompt_key, prompt_messages
 from router.dispatch import entry_request
 from router.registry import ModelEntry, load_registry
 from router.schemas import ChatParameters
@@ -64,7 +64,8 @@ def candidate_samples(data_dir: Path, model: str) -> pd.DataFrame:
         raise DatasetError(f"{data_dir}: no samples of {model!r} (it has {known}); fix: collect that candidate first")
     if "system" not in prompts.columns:
         prompts = prompts.assign(system=None)
-    prompts = prompts[~prompts.assign(system=prompts["system"].fillna("")).duplicated(["prompt", "system"])]
+    keys = pd.Series([prompt_key(system, prompt) for system, prompt in zip(prompts["system"], prompts["prompt"])])
+    prompts = prompts[~keys.duplicated().to_numpy()]
     optional = [c for c in ("output_tokens", "cost_usd", "logprobs") if c in rows.columns]
     columns = ["prompt_id", "sample", "response", "reward", *optional]
     table = rows[columns].merge(prompts[["prompt_id", "prompt", "system"]], on="prompt_id")
