@@ -11,6 +11,7 @@ the next model by score; an error no other model can fix (400, 401) stops at onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -73,6 +74,7 @@ class Dispatcher:
         self.ledger = ledger
         self.timeout_s = timeout_s
         self.selectors = selectors
+        self._abandoning: set[asyncio.Future] = set()  # cleanups of cancelled runs, kept until they finish
 
     def run(self, call: Call) -> RoutedCompletion | RoutedStream:
         """Serve ``call`` through ``litellm.completion``."""
@@ -91,15 +93,40 @@ class Dispatcher:
 
         Planning (the decision) and the ledger's store work run in worker threads, one hop before the first
         attempt and one after each: the decision with the first reservation, the last outcome with the settling.
+        A cancelled caller (a timeout around ``acomplete``) cancels the upstream call in flight but not a hop:
+        the hop runs to its end, then the run gives back what it still holds (see ``_abandon``).
         """
-        call, steps, (done, value) = await asyncio.to_thread(self._start, plan)
-        while not done:
-            try:
-                outcome: Outcome = (await self._acall(value), None)
-            except Exception as exc:
-                outcome = (None, exc)
-            done, value = await asyncio.to_thread(self._step, call, steps, outcome, True)
-        return value
+        start = hop = _in_thread(self._start, plan)
+        try:
+            call, steps, (done, value) = await asyncio.shield(hop)
+            while not done:
+                try:
+                    outcome: Outcome = (await self._acall(value), None)
+                except Exception as exc:
+                    outcome = (None, exc)
+                hop = _in_thread(self._step, call, steps, outcome, True)
+                done, value = await asyncio.shield(hop)
+            return value
+        except asyncio.CancelledError:
+            cleanup = asyncio.ensure_future(self._abandon(start, hop))
+            self._abandoning.add(cleanup)
+            cleanup.add_done_callback(self._abandoning.discard)
+            raise
+
+    async def _abandon(self, start: asyncio.Future, last: asyncio.Future) -> None:
+        """After a cancelled ``arun``: wait for its last hop, then release the open attempt's reservation, or settle
+        a stream the caller will never read for what it generated."""
+        try:
+            _, steps, step = await start
+            if last is not start:
+                step = await last
+        except Exception:
+            return  # the hop failed, and a failed hop has settled whatever it held
+        done, value = step
+        if not done:
+            await asyncio.to_thread(steps.close)
+        elif isinstance(value, AsyncRoutedStream):
+            await value.discard()
 
     def _start(self, plan: Callable[[], Call]) -> tuple[Call, Generator, tuple[bool, Any]]:
         call = plan()
@@ -122,7 +149,11 @@ class Dispatcher:
             except (BudgetExceededError, BudgetUnavailableError) as exc:
                 self._record_failure(call, entry, exc, started)
                 continue
-            response, error = yield self._request(entry, messages, params, call.stream, reservation)
+            try:
+                response, error = yield self._request(entry, messages, params, call.stream, reservation)
+            except GeneratorExit:  # the caller was cancelled during this attempt
+                self.ledger.release(reservation)
+                raise
             if error is None and entry.best_of:
                 response = self._select(call, entry, messages, response, reservation, started)
             if error is None:
@@ -234,6 +265,11 @@ def entry_request(entry: ModelEntry, messages: list[dict], params: ChatParameter
         if cap in entry.params and getattr(params, cap):
             merged[cap] = min(entry.params[cap], getattr(params, cap))
     return messages, ChatParameters.model_validate(merged)
+
+
+def _in_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future:
+    """``function(*args)`` in a worker thread, as a task that a cancelled awaiter of its shield does not stop."""
+    return asyncio.ensure_future(asyncio.to_thread(function, *args))
 
 
 def _outcome_of(function: Callable[..., Any]) -> Callable[[dict], Any]:
@@ -379,6 +415,7 @@ class RoutedStream:
 
 class AsyncRoutedStream(RoutedStream):
     async def __aiter__(self) -> AsyncIterator[Any]:
+        self._read = True
         error: Exception | None = None
         completed = False
         try:
@@ -393,10 +430,25 @@ class AsyncRoutedStream(RoutedStream):
             error = exc
             raise _midstream_error(self.record, exc) from exc
         finally:
-            # The store is written from a worker thread; a cancelled stream must not wait for it.
-            done = asyncio.get_running_loop().run_in_executor(None, self._end, error)
+            # The store is written from a worker thread. A cancelled stream does not wait for it, and a cancellation
+            # arriving while a finished stream waits must not cancel it: unshielded, a settle still queued for a
+            # worker was dropped, leaving the stream unrecorded and its reservation unsettled.
+            settled = asyncio.get_running_loop().run_in_executor(None, self._end, error)
             if completed:
-                await done
+                await asyncio.shield(settled)
+
+
+    async def discard(self) -> None:
+        """Close a stream that was never read (its caller was cancelled) and settle it for what it generated."""
+        if getattr(self, "_read", False):
+            return
+        for chunk in self._prefetched:
+            self._see(chunk)
+        close = getattr(self._rest, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
+        await asyncio.to_thread(self._end, None)
 
 
 def _usage_only(chunk: Any) -> bool:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from serving_fixtures import UPSTREAM_KEY
@@ -185,6 +188,100 @@ def test_async_stream_keeps_usage_when_asked(make_router, stub) -> None:
     stream, chunks = asyncio.run(consume())
     assert chunks[-1].usage.completion_tokens == stream.record.completion_tokens
     assert router.store.decisions(1)[0]["request_id"] == stream.record.request_id
+
+
+def test_an_async_stream_cancelled_while_it_settles_is_still_settled(make_router, stub) -> None:
+    """A disconnect can cancel a finished stream's last await, its settle queued for a worker thread: it still runs."""
+    router = make_router()
+
+    async def cancel_during_the_settle():
+        stream = await router.acomplete(MESSAGES, stream=True)
+        release = threading.Event()
+        executor = _HeldWorker(watched=stream._end, hold=release)
+        asyncio.get_running_loop().set_default_executor(executor)
+        reading = asyncio.create_task(asyncio.wait_for(_drain(stream), 30))
+        await _cancel_once_queued(reading, executor, release)
+        return stream
+
+    stream = asyncio.run(cancel_during_the_settle())
+    assert stream.record.realized_cost_usd is not None and stream.record.realized_cost_usd > 0
+    assert router.store.decisions(1)[0]["request_id"] == stream.record.request_id
+
+
+def test_a_stream_cancelled_before_it_reaches_its_caller_is_closed_and_settled(make_router, stub) -> None:
+    router = make_router()
+    budget = {"spend_key": "gone", "budget_usd": 1.0}
+
+    async def cancel_before_the_stream_is_returned():
+        release = threading.Event()
+        executor = _HeldWorker(watched=router.dispatcher._step, hold=release)  # the hop that hands the stream over
+        asyncio.get_running_loop().set_default_executor(executor)
+        calling = asyncio.create_task(router.acomplete(MESSAGES, stream=True, **budget))
+        await _cancel_once_queued(calling, executor, release)
+        for _ in range(100):  # the stream is settled by a cleanup after the cancellation
+            if router.store.decisions(1):
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(cancel_before_the_stream_is_returned())
+    logged = router.store.decisions(1)
+    assert logged and logged[0]["spend_key"] == "gone" and logged[0]["prompt_tokens"] > 0, "charged for what it read"
+    assert router.store.spend(key_counter("gone")) == pytest.approx(logged[0]["realized_cost_usd"], abs=1e-9)
+    assert logged[0]["realized_cost_usd"] > 0
+
+
+class _HeldWorker(ThreadPoolExecutor):
+    """A one-thread executor that, when the watched function is submitted, queues it behind a wait on ``hold``."""
+
+    def __init__(self, watched, hold: threading.Event) -> None:
+        super().__init__(max_workers=1)
+        self.watched, self.hold, self.watched_submitted = watched, hold, threading.Event()
+
+    def submit(self, fn, /, *args, **kwargs):
+        called = fn.args[0] if isinstance(fn, functools.partial) else fn  # to_thread submits partial(context.run, f)
+        if called == self.watched:
+            super().submit(self.hold.wait)
+            self.watched_submitted.set()
+        return super().submit(fn, *args, **kwargs)
+
+
+async def _cancel_once_queued(task: asyncio.Task, executor: _HeldWorker, release: threading.Event) -> None:
+    """Cancel ``task`` while the watched function waits in the executor's queue, then let the queue run."""
+    while not executor.watched_submitted.is_set():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.get_running_loop().run_in_executor(None, lambda: None)  # whatever was queued before this has run
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_cancelled_acomplete_returns_what_its_attempt_held(make_router, stub, stream) -> None:
+    """A caller's timeout around ``acomplete`` cancels the upstream call: the attempt's reservation is released,
+    not held against the key's budget for ever."""
+    router = make_router(serving={"timeout_s": 10})
+    for model in router.entries:
+        stub.state.failures[model] = "timeout"
+    stub.state.hang_s = 2.0
+    budget = {"spend_key": "impatient", "budget_usd": 1.0}
+
+    async def give_up():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(router.acomplete(MESSAGES, stream=stream, **budget), 0.5)
+        assert router.store.spend(key_counter("impatient")) > 0, "the attempt in flight held its reservation"
+        for _ in range(100):  # the release runs in a worker thread after the cancellation
+            if router.store.spend(key_counter("impatient")) == 0:
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(give_up())
+    assert router.store.spend(key_counter("impatient")) == 0
+    assert len(stub.state.hits) == 1, "no fallback attempt is started for a caller that has gone"
+
+
+async def _drain(stream: AsyncRoutedStream) -> list:
+    return [chunk async for chunk in stream]
 
 
 @pytest.mark.parametrize("failure", ["500", "503", "429", "context", "timeout"])
