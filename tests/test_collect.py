@@ -323,6 +323,13 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
         document["models"][1]["enabled"] = False
         registry.write_text(yaml.safe_dump(document))
         return collect_args(prompts, registry, out, "--models", "beta"), "'beta' is disabled"
+    if case == "disabled-arms":
+        document = yaml.safe_load(registry.read_text())
+        beta = document["models"][1]
+        predictor = beta.pop("predictor", "beta.joblib")
+        beta["arms"] = [{"name": name, "predictor": predictor, "enabled": False} for name in ("low", "high")]
+        registry.write_text(yaml.safe_dump(document))
+        return collect_args(prompts, registry, out, "--models", "beta"), "'beta' is disabled"
     if case == "empty-models":
         return collect_args(prompts, registry, out, "--models", " , "), "--models ' , ': no names"
     raise AssertionError(case)
@@ -333,7 +340,7 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
     [
         "csv", "columns", "empty-conversation", "no-human-turn", "null-conversations", "missing-conversations",
         "number-conversations", "unwritable-out", "unknown-scorer", "samples", "no-enabled-models", "unknown-candidate",
-        "disabled-candidate", "empty-models",
+        "disabled-candidate", "disabled-arms", "empty-models",
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_call(setup, capsys, case):

@@ -31,7 +31,7 @@ from router.collect.journal import Journal, Record
 from router.collect.manifest import Manifest, reconcile
 from router.collect.prompts import prompt_messages, read_prompts, stratified_head
 from router.collect.sampling import Sample, Sampler, SamplingConfig
-from router.registry import ARM_SEPARATOR, ModelEntry, Registry, RegistryError, load_registry
+from router.registry import ARM_SEPARATOR, ModelEntry, Registry, load_registry
 
 SCORE_BATCH = 16  # responses per scorer call
 SCORE_WORKERS = 4  # scorer calls in flight
@@ -151,13 +151,15 @@ def _chosen_candidates(config: CollectConfig, registry: Registry) -> list[ModelE
     for name in config.models:
         matches = [e for e in enabled if e.name == name or e.name.startswith(name + ARM_SEPARATOR)]
         if not matches:
-            try:
-                registry.entry(name)
-            except RegistryError:
+            every = [c for model in registry.models for c in model.candidates(include_disabled=True)]
+            if not any(c.name == name or c.name.startswith(name + ARM_SEPARATOR) for c in every):
                 raise CollectError(
                     f"--models: no candidate named {name!r} in {config.registry}; choose from {', '.join(e.name for e in enabled)}"
-                ) from None
-            raise CollectError(f"--models: {name!r} is disabled in {config.registry}; set enabled: true on it to collect it")
+                )
+            raise CollectError(
+                f"--models: {name!r} is disabled in {config.registry} (a model with arms: all of its arms); "
+                "set enabled: true on it to collect it"
+            )
         chosen.update((e.name, e) for e in matches)
     return list(chosen.values())
 
