@@ -13,6 +13,7 @@ that it is only ever scored with the features it was fitted on.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -137,7 +138,7 @@ class HiddenStateFeatures:
         batch_size: int = 8,
         n_threads: int = 1,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig
 
         self.gguf = Path(gguf)
         if not self.gguf.is_file():
@@ -145,19 +146,30 @@ class HiddenStateFeatures:
         self.layers = [int(layer) for layer in layers]
         self.batch_size = batch_size
         self.n_threads = n_threads
-        with torch_threads(n_threads):
-            self.tokenizer = AutoTokenizer.from_pretrained(self.gguf.parent, gguf_file=self.gguf.name)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                self.gguf.parent, gguf_file=self.gguf.name, dtype=torch.float32
-            ).eval()
-        n_states = self.model.config.num_hidden_layers + 1  # the embeddings, then each layer's output
+        config = AutoConfig.from_pretrained(self.gguf.parent, gguf_file=self.gguf.name)
+        n_states = config.num_hidden_layers + 1  # the embeddings, then each layer's output
         if not self.layers or any(not -n_states <= layer < n_states for layer in self.layers):
             raise ValueError(f"layers {self.layers} must be hidden-state indices in [-{n_states}, {n_states - 1}]")
-        self.n_features = self.model.config.hidden_size * len(self.layers)
-        end = self.model.config.eos_token_id  # the GGUF's; transformers' GGUF tokenizer may name another eos token
+        self.n_features = config.hidden_size * len(self.layers)
+        end = config.eos_token_id  # the GGUF's; transformers' GGUF tokenizer may name another eos token
         if end is None:
             raise ValueError(f"{self.gguf}: the model names no end-of-sequence token")
         self.end_token_id = int(end[0] if isinstance(end, (list, tuple)) else end)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """Loaded on first use, like ``model``: features read back from a cache need neither, and loading them
+        was most of a cached ``erp fit-selector``."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.gguf.parent, gguf_file=self.gguf.name)
+
+    @cached_property
+    def model(self) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        with torch_threads(self.n_threads):
+            return AutoModelForCausalLM.from_pretrained(self.gguf.parent, gguf_file=self.gguf.name, dtype=torch.float32).eval()
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "hidden_states", "model": self.gguf.name, "layers": list(self.layers)}
