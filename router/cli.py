@@ -134,14 +134,18 @@ def _names(listed: str | None) -> tuple[str, ...]:
 
 def _fit_selector(args: argparse.Namespace) -> None:
     from predictors.token_features import MissingLogprobsError
-    from router.selector_fitting import FeatureSourceError, fit_selector
+    from router.selector_fitting import FeatureSourceError, SelectorOutputError, fit_selector
 
     layers = _layers(args.layers)
+    if layers is not None and args.source != "hidden_states":
+        raise UsageError("--layers applies to --source hidden_states; add it or drop --layers")
+    if not 1 <= args.top_k <= 20:
+        raise UsageError(f"--top-k must be in 1..20 (the alternatives collected per token), got {args.top_k}")
     try:
         fitted = fit_selector(
             Path(args.registry), Path(args.data), args.model, args.source, Path(args.out), args.top_k, layers, args.seed
         )
-    except (MissingLogprobsError, FeatureSourceError) as exc:
+    except (MissingLogprobsError, FeatureSourceError, SelectorOutputError) as exc:
         raise UsageError(str(exc)) from None
     print(
         f"{args.model}: selector on {args.source} fitted on {fitted.answers} answers to {fitted.prompts} prompts "

@@ -73,6 +73,7 @@ def fit_all(registry_path: Path, data_dir: Path, backend: str = "auto", seed: in
     registry = load_registry(registry_path)
     data = load_dataset(data_dir)
     _check_models(registry, data, registry.enabled)
+    registry.check_fit_targets([e.name for e in registry.enabled])
     training = _training_set(registry, data, registry.enabled)
     pool = PoolPredictor(registry.embedding, backend, random_state=seed, progress=True).fit(training)
     model_paths = {e.name: registry.path_of(e.predictor) for e in registry.enabled}
@@ -106,6 +107,7 @@ def fit_one(registry_path: Path, data_dir: Path, model: str, backend: str = "aut
     """
     registry = load_registry(registry_path)
     entry = registry.entry(model)
+    registry.check_fit_targets([entry.name])
     shared_path = registry.path_of(registry.shared_predictor)
     if not shared_path.is_file():
         raise RegistryError(

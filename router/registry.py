@@ -319,6 +319,26 @@ class Registry(BaseModel):
                     f"not found; fix: run `erp fit-selector --data DIR --model {entry.name} --out PATH`"
                 )
 
+    def check_fit_targets(self, names: list[str]) -> None:
+        """Before ``erp fit`` writes these candidates' predictor files (and, fitting the pool, the shared one):
+        RegistryError, naming the keys and the fix, if one of them is also another candidate's predictor, the shared
+        featurizer or a selector. Serving may share a file read-only; a fit would overwrite the other's."""
+        owners: dict[str, list[str]] = {os.path.normpath(self.path_of(self.shared_predictor)): ["shared_predictor"]}
+        for model in self.models:
+            for candidate in model.candidates(include_disabled=True):
+                key = self.key_of(candidate.name)
+                owners.setdefault(os.path.normpath(self.path_of(candidate.predictor)), []).append(f"{key}.predictor")
+                if candidate.selector is not None:
+                    owners.setdefault(os.path.normpath(self.path_of(candidate.selector)), []).append(f"{key}.selector")
+        for name in names:
+            path = self.path_of(self.entry(name).predictor)
+            others = [key for key in owners[os.path.normpath(path)] if key != f"{self.key_of(name)}.predictor"]
+            if others:
+                raise RegistryError(
+                    f"{self.source}: key '{self.key_of(name)}.predictor': {path} is also {', '.join(others)}, and fitting "
+                    f"{name} would overwrite it; fix: give {name} a predictor file of its own"
+                )
+
     def key_of(self, name: str) -> str:
         """The registry key of a candidate, for error messages: models[i] or models[i].arms[j]."""
         i = self.index_of(name)
@@ -375,7 +395,7 @@ def _fix_for(error: dict) -> str:
     return "correct the value"
 
 
-_KEYED_MESSAGE = re.compile(r"^\w+\[\d+\](\.\w+)*: ")
+_KEYED_MESSAGE = re.compile(r"^\w+\[\d+\](\.\w+(\[\d+\])?)*: ")
 
 
 def _format_validation(path: Path, exc: ValidationError) -> str:
@@ -385,7 +405,8 @@ def _format_validation(path: Path, exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if not key and _KEYED_MESSAGE.match(message):  # a whole-registry check that names its own key
             key, message = message.split(": ", 1)
-        lines.append(f"{path}: key '{key or '<top level>'}': {message}; fix: {_fix_for(error)}")
+        fix = "" if "; fix: " in message else f"; fix: {_fix_for(error)}"  # a check that names its own fix keeps it
+        lines.append(f"{path}: key '{key or '<top level>'}': {message}{fix}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pandas as pd
 
 from predictors.dataset import DatasetError
 from predictors.embedding import default_cache_dir
-from predictors.selector import TokenRewardSelector, save_selector
+from predictors.selector import TokenRewardSelector, load_selector, save_selector
 from predictors.token_features import HiddenStateFeatures, LogprobFeatures, MissingLogprobsError, TokenFeatureSource
 from router.collect.prompts import prompt_key, prompt_messages
 from router.dispatch import entry_request
@@ -89,7 +90,14 @@ def answer_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.D
                 f"{missing} of {len(samples)} samples hold no log-probabilities; fix: collect them with "
                 f"`erp collect --logprobs {source.top_k}` (into a new --out folder)"
             )
-        return [source.for_content(json.loads(text)) for text in kept]
+        try:
+            return [source.for_content(json.loads(text), index) for index, text in enumerate(kept)]
+        except MissingLogprobsError as exc:
+            what = str(exc).split("; fix: ")[0].replace("choice", "sample", 1)
+            raise MissingLogprobsError(
+                f"{what}; fix: --top-k at most the alternatives these samples hold, or collect again with "
+                f"`erp collect --logprobs {source.top_k}` into a new --out folder"
+            ) from None
     key = hashlib.sha256(json.dumps([source.describe(), entry.system_prompt, samples[["prompt", "response"]].values.tolist()],
                                     default=str).encode()).hexdigest()[:24]
     path = feature_cache_dir() / f"{key}.npz"
@@ -152,16 +160,46 @@ def build_source(kind: str, top_k: int, layers: list[int] | None = None) -> Toke
         raise FeatureSourceError(f"--layers: {exc}") from None
 
 
+class SelectorOutputError(ValueError):
+    """An --out the selector cannot, or must not, be written to."""
+
+
+def check_selector_out(out: Path, data_dir: Path) -> None:
+    """Refuse, before any fitting, an ``out`` that is a folder, lies inside the data folder (it would replace
+    collected data), is an existing file that is not a selector, or sits where no file can be written."""
+    if out.is_dir():
+        raise SelectorOutputError(f"--out {out} is a folder; fix: give a file path, e.g. {out / 'selector.joblib'}")
+    if out.resolve().is_relative_to(data_dir.resolve()):
+        raise SelectorOutputError(f"--out {out} is inside --data {data_dir}; fix: write the selector outside the data folder")
+    if out.exists():
+        try:
+            load_selector(out)
+        except ValueError:
+            raise SelectorOutputError(
+                f"--out {out} exists and is not a selector file; fix: remove it or choose another path"
+            ) from None
+    folder = next(parent for parent in out.resolve().parents if parent.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise SelectorOutputError(f"--out {out}: cannot write under {folder}; fix: choose a writable path")
+
+
 def fit_selector(
     registry_path: Path, data_dir: Path, model: str, kind: str, out: Path, top_k: int = 5, layers: list[int] | None = None, seed: int = 0
 ) -> SelectorFit:
     """Fit and save ``model``'s selector; DatasetError/ValueError with the fix when the data cannot train one."""
+    check_selector_out(Path(out), Path(data_dir))
     entry = load_registry(registry_path).entry(model)
     samples = candidate_samples(data_dir, model)
     labels = (samples["reward"].to_numpy() >= 0.5).astype(int)
-    if min(labels.sum(), len(labels) - labels.sum()) < MIN_PER_CLASS:
+    right, wrong = int(labels.sum()), int(len(labels) - labels.sum())
+    if min(right, wrong) == 0:
         raise DatasetError(
-            f"{data_dir}: {model} has {labels.sum()} right and {len(labels) - labels.sum()} wrong samples; a selector "
+            f"{data_dir}: {model} is {'right' if wrong == 0 else 'wrong'} on all {len(labels)} samples, so a selector "
+            "has nothing to tell apart; fix: collect prompts where its answers vary (or give it no best-of arm)"
+        )
+    if min(right, wrong) < MIN_PER_CLASS:
+        raise DatasetError(
+            f"{data_dir}: {model} has {right} right and {wrong} wrong samples; a selector "
             f"needs at least {MIN_PER_CLASS} of each; fix: collect more prompts or samples (--samples)"
         )
     source = build_source(kind, top_k, layers)

@@ -247,7 +247,14 @@ def test_fit_selector_bad_inputs_exit_2_with_the_fix(collect_setup, tmp_path, ca
         (["--model", "tiny@plain", "--layers=-1,-1"], "a layer is named twice"),
         (["--model", "tiny@plain", "--layers", "99"], "--layers: layers [99] must be hidden-state indices in [-31, 30]"),
         (["--model", "tiny"], "'tiny' is a model with arms; fix: name one arm, one of tiny@plain, tiny@best4"),
+        (["--model", "tiny@plain", "--source", "logprobs", "--top-k", "0"], "--top-k must be in 1..20"),
+        (["--model", "tiny@plain", "--source", "logprobs", "--layers=-1"], "--layers applies to --source hidden_states"),
+        (["--model", "tiny@plain", "--out", str(tmp_path)], "is a folder; fix: give a file path"),
+        (["--model", "tiny@plain", "--out", str(out / "outcomes.parquet")], "is inside --data"),
+        (["--model", "tiny@plain", "--out", str(prompts)], "exists and is not a selector file"),
     ]:
+        data = (out / "outcomes.parquet").read_bytes()
         assert main([*fit, *extra]) == 2
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error
+        assert (out / "outcomes.parquet").read_bytes() == data, "the collected data is untouched"

@@ -101,6 +101,38 @@ def test_wrong_types_and_values(tmp_path):
     assert "key 'embedding'" in message and "key 'policy.lambda'" in message
 
 
+@pytest.mark.parametrize(
+    "where, path, key, says",
+    [
+        ("models[1].predictor", "./artifacts/shared.joblib", "models[1].predictor", "is also shared_predictor"),
+        ("models[1].predictor", "artifacts/../artifacts/small.joblib", "models[1].predictor", "is also models[0].predictor"),
+        ("arm", "artifacts/small.joblib", "models[1].arms[1].predictor", "is also models[0].predictor"),
+        ("selector", "artifacts/mini-high.joblib", "models[1].arms[1].predictor", "is also models[1].arms[0].selector"),
+    ],
+)
+def test_a_fit_that_would_overwrite_another_file_is_refused(tmp_path, where, path, key, says):
+    """Serving may read one file for two candidates; ``erp fit`` writing it would overwrite the other's."""
+    document = yaml.safe_load(yaml.safe_dump(VALID))
+    if where in ("arm", "selector"):
+        del document["models"][1]["predictor"]
+        document["models"][1]["arms"] = [
+            {"name": "low", "predictor": "artifacts/mini-low.joblib"},
+            {"name": "high", "predictor": path if where == "arm" else "artifacts/mini-high.joblib"},
+        ]
+        if where == "selector":
+            document["models"][1]["arms"][0].update(best_of=4, selector=path)
+    else:
+        document["models"][1]["predictor"] = path
+    valid = load_registry(write(tmp_path, VALID))
+    valid.check_fit_targets([e.name for e in valid.enabled])  # every file its own: the pool may be fitted
+    registry = load_registry(write(tmp_path, document))  # loads: serving only reads the files
+    last = registry.enabled[-1].name
+    with pytest.raises(RegistryError) as caught:
+        registry.check_fit_targets([last])
+    message = str(caught.value)
+    assert f"key '{key}': " in message and says in message and f"fix: give {last} a predictor file of its own" in message
+
+
 def test_missing_file(tmp_path):
     assert "registry file not found" in error_of(tmp_path / "nope.yaml")
 
