@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -27,6 +28,7 @@ from router.registry import ModelEntry
 from router.schemas import Attempt, ChatParameters, RoutingRecord
 
 Outcome = tuple[Any, Exception | None]
+log = logging.getLogger(__name__)
 
 
 class EmptyStreamError(Exception):
@@ -94,7 +96,7 @@ class Dispatcher:
         Planning (the decision) and the ledger's store work run in worker threads, one hop before the first
         attempt and one after each: the decision with the first reservation, the last outcome with the settling.
         A cancelled caller (a timeout around ``acomplete``) cancels the upstream call in flight but not a hop:
-        the hop runs to its end, then the run gives back what it still holds (see ``_abandon``).
+        the hop runs to its end, then the run settles what it still holds (see ``_abandon``).
         """
         start = hop = _in_thread(self._start, plan)
         try:
@@ -114,19 +116,25 @@ class Dispatcher:
             raise
 
     async def _abandon(self, start: asyncio.Future, last: asyncio.Future) -> None:
-        """After a cancelled ``arun``: wait for its last hop, then release the open attempt's reservation, or settle
-        a stream the caller will never read for what it generated."""
+        """After a cancelled ``arun``: wait for its last hop, then settle what the run still holds: the attempt
+        in flight (charged for its input, see ``_attempts``), or a stream that never reached the caller."""
         try:
-            _, steps, step = await start
+            _, steps, step = await asyncio.shield(start)
             if last is not start:
-                step = await last
+                step = await asyncio.shield(last)
+        except asyncio.CancelledError:
+            log.warning("a cancelled call's cleanup was itself cancelled (the event loop is closing)")
+            raise
         except Exception:
-            return  # the hop failed, and a failed hop has settled whatever it held
+            return  # the hop raised, and the attempt loop settles whatever it held before it raises
         done, value = step
-        if not done:
-            await asyncio.to_thread(steps.close)
-        elif isinstance(value, AsyncRoutedStream):
-            await value.discard()
+        try:
+            if not done:
+                await asyncio.to_thread(steps.close)
+            elif isinstance(value, AsyncRoutedStream):
+                await value.discard()
+        except Exception:
+            log.exception("settling a cancelled call failed")
 
     def _start(self, plan: Callable[[], Call]) -> tuple[Call, Generator, tuple[bool, Any]]:
         call = plan()
@@ -151,8 +159,10 @@ class Dispatcher:
                 continue
             try:
                 response, error = yield self._request(entry, messages, params, call.stream, reservation)
-            except GeneratorExit:  # the caller was cancelled during this attempt
-                self.ledger.release(reservation)
+            except GeneratorExit:  # the caller was cancelled during this attempt: the upstream has its input
+                self._record_failure(call, entry, asyncio.CancelledError("the caller cancelled the call"), started)
+                call.record.model = entry.name
+                self.ledger.settle(call.record, reservation, counted_usage(messages, ""))
                 raise
             if error is None and entry.best_of:
                 response = self._select(call, entry, messages, response, reservation, started)
@@ -379,6 +389,13 @@ class RoutedStream:
         self._keep_usage = bool(call.params.stream_options and call.params.stream_options.include_usage)
         self._usage: Usage | None = None
         self._text: list[str] = []
+        self._claimed = False
+
+    def _claim(self) -> None:
+        """One reader, once: a second iteration, or a discard after reading, would settle the stream twice."""
+        if self._claimed:
+            raise RuntimeError("a routed stream is read once")
+        self._claimed = True
 
     def _see(self, chunk: Any) -> bool:
         """Note the chunk's usage and text; whether to pass it on (not the usage chunk the caller did not ask for)."""
@@ -398,6 +415,7 @@ class RoutedStream:
         self._ledger.settle(self.record, self.call.reservation, usage)
 
     def __iter__(self) -> Iterator[Any]:
+        self._claim()
         error: Exception | None = None
         try:
             for chunk in self._prefetched:
@@ -415,7 +433,7 @@ class RoutedStream:
 
 class AsyncRoutedStream(RoutedStream):
     async def __aiter__(self) -> AsyncIterator[Any]:
-        self._read = True
+        self._claim()
         error: Exception | None = None
         completed = False
         try:
@@ -437,11 +455,12 @@ class AsyncRoutedStream(RoutedStream):
             if completed:
                 await asyncio.shield(settled)
 
-
     async def discard(self) -> None:
-        """Close a stream that was never read (its caller was cancelled) and settle it for what it generated."""
-        if getattr(self, "_read", False):
+        """Close a stream nobody will read (its caller was cancelled or went away before the first chunk) and
+        settle it for what it generated; nothing if it is being read, or was discarded, already."""
+        if self._claimed:
             return
+        self._claim()
         for chunk in self._prefetched:
             self._see(chunk)
         close = getattr(self._rest, "aclose", None)

@@ -6,7 +6,7 @@ times ``n``, at the registry's prices. A caller's explicit ``max_tokens`` the re
 refused (429, saying how many tokens are left); without one, the output cap is clamped to what the budget
 covers and sent upstream as ``max_tokens``, so the upstream cannot generate past it. After the call the
 reservation is settled to the realized cost: the usage the upstream reports, else tokens counted from the
-streamed text. A failed attempt is refunded.
+streamed text. A failed attempt is refunded; one its caller cancelled is charged for its input.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from router.errors import InvalidRequestError, RoutingError
 from router.failover import FailoverStore
 from router.registry import ARM_SEPARATOR, RegistryError, ServingSettings
 from router.schemas import ChatCompletionRequest, ErrorBody, ErrorResponse, Health, ModelCard, ModelList, RoutingRecord
-from router.sdk import RoutedCompletion, Router, shorten
+from router.sdk import AsyncRoutedStream, RoutedCompletion, Router, shorten
 from router.telemetry import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,17 @@ async def chat_completions(
     if isinstance(result, RoutedCompletion):
         return Response(result.response.model_dump_json(), media_type="application/json", headers=headers)
     events = _server_sent_events(result)
-    # A client that disconnects cancels the response while the generators sit at a yield; closing them in the
-    # background task (which Starlette runs after a disconnect too) settles the stream's spend at once.
+    # A client that disconnects cancels the response while the generators sit at a yield, or before the first
+    # event is sent; the background task (which Starlette runs after a disconnect too) closes them, and settles a
+    # routed stream that was never started, so its spend is settled at once either way.
     return StreamingResponse(
-        events, media_type="text/event-stream", headers=headers, background=BackgroundTask(events.aclose)
+        events, media_type="text/event-stream", headers=headers, background=BackgroundTask(_close, events, result)
     )
+
+
+async def _close(events: AsyncGenerator[str, None], stream: AsyncRoutedStream) -> None:
+    await events.aclose()
+    await stream.discard()
 
 
 @routes.get("/v1/models", responses=_ERRORS)

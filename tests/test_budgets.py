@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import time
 import uuid
@@ -128,6 +129,35 @@ def test_streams_closed_early_are_charged_for_what_was_generated(make_router, st
     assert len(logged) == 20 and all(entry["completion_tokens"] >= 300 for entry in logged), [e["completion_tokens"] for e in logged]
     spent = router.store.spend(key_counter("capped"))
     assert spent > 0 and spent == pytest.approx(sum(entry["realized_cost_usd"] for entry in logged), abs=1e-8)
+
+
+def test_a_stream_whose_client_left_before_its_first_event_is_settled(make_router, stub) -> None:
+    """The client is gone when the response would start (an ASGI 2.3 server, as uvicorn, then cancels the
+    response before its events generator runs): the routed stream is never read, and is closed, charged and
+    logged all the same. Driven through the ASGI interface, where the disconnect's timing is exact."""
+    router = make_router(serving=capped(budget=1.0))
+    app = create_app(router)
+    body = json.dumps({"model": "erp", "messages": MESSAGES, "stream": True}).encode()
+    headers = [(b"content-type", b"application/json"), (b"authorization", b"Bearer sk-capped")]
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 2)}
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        await asyncio.sleep(0)  # a real socket write yields: the disconnect's cancellation lands here
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    (logged,) = router.store.decisions(10)
+    assert not [m for m in sent if m["type"] == "http.response.body" and m.get("body")], "nothing was streamed"
+    assert logged["prompt_tokens"] > 0 and logged["realized_cost_usd"] > 0 and len(stub.state.hits) == 1
+    assert router.store.spend(key_counter("capped")) == pytest.approx(logged["realized_cost_usd"], abs=1e-12)
 
 
 def _redis_server(port: int, directory: Path) -> subprocess.Popen:

@@ -7,6 +7,7 @@ import functools
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -218,10 +219,7 @@ def test_a_stream_cancelled_before_it_reaches_its_caller_is_closed_and_settled(m
         asyncio.get_running_loop().set_default_executor(executor)
         calling = asyncio.create_task(router.acomplete(MESSAGES, stream=True, **budget))
         await _cancel_once_queued(calling, executor, release)
-        for _ in range(100):  # the stream is settled by a cleanup after the cancellation
-            if router.store.decisions(1):
-                break
-            await asyncio.sleep(0.02)
+        await _until(lambda: router.store.decisions(1))  # the stream is settled by a cleanup after the cancellation
 
     asyncio.run(cancel_before_the_stream_is_returned())
     logged = router.store.decisions(1)
@@ -247,9 +245,9 @@ class _HeldWorker(ThreadPoolExecutor):
 
 async def _cancel_once_queued(task: asyncio.Task, executor: _HeldWorker, release: threading.Event) -> None:
     """Cancel ``task`` while the watched function waits in the executor's queue, then let the queue run."""
-    while not executor.watched_submitted.is_set():
-        await asyncio.sleep(0.01)
+    await _until(executor.watched_submitted.is_set)
     task.cancel()
+    await asyncio.wait([task])  # the cancellation has reached the task's await before the worker frees up
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -257,27 +255,38 @@ async def _cancel_once_queued(task: asyncio.Task, executor: _HeldWorker, release
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_cancelled_acomplete_returns_what_its_attempt_held(make_router, stub, stream) -> None:
-    """A caller's timeout around ``acomplete`` cancels the upstream call: the attempt's reservation is released,
-    not held against the key's budget for ever."""
+def test_a_cancelled_acomplete_is_charged_for_its_input_not_its_reservation(make_router, stub, stream) -> None:
+    """A caller's timeout around ``acomplete`` cancels the upstream call: the attempt is logged and charged for the
+    input the upstream received, and the rest of its worst-case reservation goes back to the key's budget."""
     router = make_router(serving={"timeout_s": 10})
     for model in router.entries:
         stub.state.failures[model] = "timeout"
     stub.state.hang_s = 2.0
     budget = {"spend_key": "impatient", "budget_usd": 1.0}
 
-    async def give_up():
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(router.acomplete(MESSAGES, stream=stream, **budget), 0.5)
-        assert router.store.spend(key_counter("impatient")) > 0, "the attempt in flight held its reservation"
-        for _ in range(100):  # the release runs in a worker thread after the cancellation
-            if router.store.spend(key_counter("impatient")) == 0:
-                break
-            await asyncio.sleep(0.02)
+    async def give_up() -> float:
+        calling = asyncio.create_task(router.acomplete(MESSAGES, stream=stream, **budget))
+        await _until(lambda: stub.state.hits)
+        reserved = router.store.spend(key_counter("impatient"))
+        calling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+        await _until(lambda: router.store.decisions(1))  # settled by a cleanup after the cancellation
+        return reserved
 
-    asyncio.run(give_up())
-    assert router.store.spend(key_counter("impatient")) == 0
+    reserved = asyncio.run(give_up())
+    (logged,) = router.store.decisions(10)
+    assert logged["attempts"][-1]["error_type"] == "CancelledError" and logged["completion_tokens"] == 0
+    charged = router.store.spend(key_counter("impatient"))
+    assert charged == pytest.approx(logged["realized_cost_usd"], abs=1e-12) and 0 < charged < reserved / 100
     assert len(stub.state.hits) == 1, "no fallback attempt is started for a caller that has gone"
+
+
+async def _until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
 
 
 async def _drain(stream: AsyncRoutedStream) -> list:
