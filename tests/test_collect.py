@@ -352,6 +352,32 @@ def test_bad_input_exits_2_with_one_line_before_any_call(setup, capsys, case):
     assert not stub.state.hits and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("change", ["logprobs", "params", "system_prompt"])
+def test_a_rerun_that_would_mix_call_configurations_is_refused(setup, capsys, change):
+    """Samples of one candidate under two configurations (another max_tokens, system prompt or --logprobs) would
+    sit side by side as one candidate's outcomes; the rerun is refused before any call, the data untouched."""
+    tmp_path, registry, stub = setup
+    prompts = write_jsonl(tmp_path / "blend.jsonl", conversations(2))
+    out = tmp_path / "out"
+    assert main(collect_args(prompts, registry, out, "--models", "alpha", "--logprobs", "2", samples=1)) == 0
+    before, hits = (out / "outcomes.parquet").read_bytes(), len(stub.state.hits)
+    logprobs = "2"
+    if change == "logprobs":
+        logprobs, message = "5", "was collected with --logprobs 2, this run asks for 5"
+    else:
+        document = yaml.safe_load(registry.read_text())
+        value = {"max_tokens": 2} if change == "params" else "Answer in one word."
+        document["models"][0][change] = value
+        registry.write_text(yaml.safe_dump(document))
+        message = f"'alpha' was collected with other {change} ({change}="
+    capsys.readouterr()
+    args = collect_args(prompts, registry, out, "--models", "alpha", "--logprobs", logprobs, samples=2)
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert message in error and "use another --out" in error
+    assert (out / "outcomes.parquet").read_bytes() == before and len(stub.state.hits) == hits
+
+
 def test_a_rerun_with_other_settings_is_refused_and_the_command_prints_no_traceback(setup):
     tmp_path, registry, _ = setup
     prompts = write_jsonl(tmp_path / "blend.jsonl", conversations(2))

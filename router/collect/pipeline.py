@@ -28,7 +28,7 @@ from predictors.scorers.base import RewardScorer, ScoreBatch, ScoringItem
 from router.collect import CollectError, error_message
 from router.collect.compact import Compaction, compact
 from router.collect.journal import Journal, Record
-from router.collect.manifest import Manifest, reconcile
+from router.collect.manifest import Manifest, call_configuration, reconcile
 from router.collect.prompts import prompt_messages, read_prompts, stratified_head
 from router.collect.sampling import Sample, Sampler, SamplingConfig
 from router.registry import ARM_SEPARATOR, ModelEntry, Registry, load_registry
@@ -119,7 +119,8 @@ def run_collect(config: CollectConfig) -> int:
     with Journal(config.out) as journal:
         manifest = Manifest(
             scorer=config.scorer, temperature=config.sampling.temperature, max_tokens=config.sampling.max_tokens,
-            models={e.name: e.litellm_model for e in entries},
+            models={e.name: e.litellm_model for e in entries}, logprobs=config.sampling.logprobs,
+            configurations={e.name: call_configuration(registry, e) for e in entries},
         )
         reconcile(config.out, manifest)
         tasks, done = _plan(prompts, list(per_token), config.samples, journal)
