@@ -30,7 +30,9 @@ def _fit(args: argparse.Namespace) -> None:
     from router.fitting import fit_all, fit_one
 
     if args.model:
-        fit_one(Path(args.registry), Path(args.data), args.model, args.backend, args.seed)
+        fit_one(Path(args.registry), Path(args.data), args.model, args.backend, args.seed, args.replace)
+    elif args.replace:
+        raise UsageError("--replace applies to --model (the pool's fit always writes every file); add --model or drop it")
     else:
         fit_all(Path(args.registry), Path(args.data), args.backend, args.seed)
 
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data", required=True, help="routing dataset folder")
     fit.add_argument("--registry", default=DEFAULT_REGISTRY)
     fit.add_argument("--model", help="fit only this model's predictor on the frozen shared featurizer")
+    fit.add_argument("--replace", action="store_true", help="with --model: replace the model's existing predictor file")
     fit.add_argument("--backend", default="auto", choices=backends)
     fit.add_argument("--seed", type=int, default=0)
     fit.set_defaults(handler=_fit)

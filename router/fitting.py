@@ -41,7 +41,7 @@ def _training_set(registry: Registry, data: RoutingDataset, entries: list[ModelE
 
 def _check_labels(data: RoutingDataset, model: str) -> None:
     """A model joins from its own outcomes: the dataset must hold at least MIN_LABELS prompts of them."""
-    fix = f"fix: pass the folder `erp collect --registry R --limit N` wrote with only {model} enabled in R"
+    fix = f"fix: collect them with `erp collect --models {model} --limit N --out DIR`, then pass --data DIR"
     if model not in data.models:
         held = ", ".join(data.models[:5]) + (", ..." if len(data.models) > 5 else "")
         raise DatasetError(f"{data.source}: no outcomes of {model!r} (it holds {held}); {fix}")
@@ -99,15 +99,24 @@ def _describe(predictor: ModelPredictor | OnboardedModelPredictor) -> str:
     )
 
 
-def fit_one(registry_path: Path, data_dir: Path, model: str, backend: str = "auto", seed: int = 0) -> None:
+def fit_one(
+    registry_path: Path, data_dir: Path, model: str, backend: str = "auto", seed: int = 0, replace: bool = False
+) -> None:
     """Fit only `model`'s predictor on the frozen shared featurizer; no other file is touched.
 
-    ``data_dir`` may hold only this model's outcomes, on any prompts (what `erp collect` writes with only
-    it enabled); its predictor borrows from the registry's other enabled models' predictor files.
+    ``data_dir`` may hold only this model's outcomes, on any prompts (what `erp collect --models` writes);
+    its predictor borrows from the registry's other enabled models' predictor files. A predictor file that
+    already exists (the pool's joint fit of this model, or an earlier add) is replaced only with ``replace``.
     """
     registry = load_registry(registry_path)
     entry = registry.entry(model)
     registry.check_fit_targets([entry.name])
+    if registry.path_of(entry.predictor).exists() and not replace:
+        raise RegistryError(
+            f"{registry.source}: key '{registry.key_of(entry.name)}.predictor': {registry.path_of(entry.predictor)} "
+            f"already holds a fitted predictor of {entry.name} (from the pool's fit or an earlier add); fix: pass "
+            "--replace to refit it from --data alone, or refit the whole pool with `erp fit --data DIR`"
+        )
     shared_path = registry.path_of(registry.shared_predictor)
     if not shared_path.is_file():
         raise RegistryError(

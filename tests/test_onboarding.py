@@ -61,6 +61,16 @@ def test_a_model_joins_from_its_outcomes_on_prompts_the_pool_never_saw(
     assert set(predictor.prior_models_) <= set(REGISTRY_MODELS) and predictor.prior_models_
     assert 0.0 <= predictor.own_weight_ <= 1.0
 
+    fitted = (tmp_path / "newcomer.joblib").read_bytes()
+    more = one_model_dataset(tmp_path / "more-data", NEWCOMER, 80, avoid=zeroeval_subset)
+    refit = ["fit", "--data", str(more), "--registry", str(onboarding_registry), "--model", NEWCOMER]
+    assert main(refit) == 2, "an existing predictor is replaced only when asked"
+    assert "already holds a fitted predictor" in capsys.readouterr().err
+    assert (tmp_path / "newcomer.joblib").read_bytes() == fitted
+    assert main([*refit, "--replace"]) == 0 and (tmp_path / "newcomer.joblib").read_bytes() != fitted
+    assert {p: p.read_bytes() for p in pool_files} == before
+    capsys.readouterr()
+
     assert main(["route", "Compute 17 * 23 and explain each step.", "--registry", str(onboarding_registry)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
     reward = {row[0]: float(row[1]) for row in rows}
@@ -119,7 +129,8 @@ def test_a_dataset_without_enough_of_the_models_outcomes_is_refused(
     data = one_model_dataset(tmp_path / "data", model, labels, avoid=zeroeval_subset)
     assert main(["fit", "--data", str(data), "--registry", str(onboarding_registry), "--model", NEWCOMER]) == 2
     err = capsys.readouterr().err
-    assert message in err and "fix: pass the folder `erp collect" in err and len(err.strip().splitlines()) == 1
+    assert message in err and f"fix: collect them with `erp collect --models {NEWCOMER}" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "newcomer.joblib").exists()
 
 
