@@ -81,7 +81,7 @@ def _layers(listed: str | None) -> list[int] | None:
 def _feature_source(kind: str, top_k: int, layers: list[int] | None) -> TokenFeatureSource:
     from router.selector_fitting import FeatureSourceError, build_source
 
-    try:  # loads the local model for hidden states: a bad --layers is refused before any other work
+    try:  # reads the local model's config for hidden states: a bad --layers is refused before any other work
         return build_source(kind, top_k, layers)
     except FeatureSourceError as exc:
         raise UsageError(str(exc)) from None
@@ -116,7 +116,9 @@ def _collect(args: argparse.Namespace) -> int:
     )
     source = _feature_source("hidden_states", 0, layers) if args.hidden_states else None  # before any call: fail fast
     status = run_collect(config)
-    if source is not None:
+    if source is not None and status != 0:
+        print("erp: hidden-state features not cached while triples failed; rerun the same command", file=sys.stderr)
+    elif source is not None:
         from router.selector_fitting import cache_hidden_features
 
         answers, folder = cache_hidden_features(config.registry, config.out, source)

@@ -211,6 +211,22 @@ def test_collect_caches_the_hidden_state_features_fit_selector_reads(collect_set
     assert [a.shape for a in selector_fitting.answer_features(smollm2, entry, samples)] == [a.shape for a in arrays]
 
 
+def test_collect_with_hidden_states_whose_triples_failed_exits_1_without_caching(collect_setup, stub, tmp_path, monkeypatch, capsys) -> None:
+    from router import selector_fitting
+    from router.cli import main
+
+    prompts, registry = collect_setup
+    monkeypatch.setattr(selector_fitting, "build_source", lambda kind, top_k, layers: object())
+    monkeypatch.setattr(selector_fitting, "cache_hidden_features", lambda *a: pytest.fail("features of failed triples"))
+    stub.state.failures["tiny"] = "500"
+    args = ["collect", "--prompts", str(prompts), "--registry", str(registry), "--scorer", "correct", "--limit", "2",
+            "--models", "tiny@plain", "--retries", "0", "--hidden-states", "--out", str(tmp_path / "data")]
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert "rerun the same command to retry them" in error and "hidden-state features not cached" in error
+    assert "erp: error" not in error
+
+
 def test_collect_refuses_bad_layers_before_any_call(collect_setup, stub, tmp_path, monkeypatch, capsys) -> None:
     from router import selector_fitting
     from router.cli import main
