@@ -330,6 +330,9 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
         beta["arms"] = [{"name": name, "predictor": predictor, "enabled": False} for name in ("low", "high")]
         registry.write_text(yaml.safe_dump(document))
         return collect_args(prompts, registry, out, "--models", "beta"), "'beta' is disabled"
+    if case == "empty-folder":
+        (tmp_path / "no-prompts").mkdir()
+        return collect_args(tmp_path / "no-prompts", registry, out), "a folder without parquet files"
     if case == "empty-models":
         return collect_args(prompts, registry, out, "--models", " , "), "--models ' , ': no names"
     raise AssertionError(case)
@@ -340,7 +343,7 @@ def bad_input(tmp_path: Path, registry: Path, case: str) -> tuple[list[str], str
     [
         "csv", "columns", "empty-conversation", "no-human-turn", "null-conversations", "missing-conversations",
         "number-conversations", "unwritable-out", "unknown-scorer", "samples", "no-enabled-models", "unknown-candidate",
-        "disabled-candidate", "disabled-arms", "empty-models",
+        "disabled-candidate", "disabled-arms", "empty-folder", "empty-models",
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_call(setup, capsys, case):

@@ -116,8 +116,12 @@ def _read_table(path: Path) -> pd.DataFrame:
         if jsonl:
             return pd.read_json(path, lines=True, dtype=False)
         data = pyarrow.dataset.dataset(path, format="parquet")
+        if not data.files:
+            raise CollectError(f"{path}: a folder without parquet files; pass an open-perfectblend parquet or JSONL file, or a prompts.parquet")
         wanted = [c for c in (*CONVERSATION_COLUMNS, *TABLE_COLUMNS, *OPTIONAL_TABLE_COLUMNS) if c in data.schema.names]
         return data.to_table(columns=list(dict.fromkeys(wanted))).to_pandas()
+    except CollectError:
+        raise
     except Exception as exc:  # pandas and pyarrow raise many unrelated types for unreadable files
         kind = "JSONL" if jsonl else "parquet"
         raise CollectError(
