@@ -132,7 +132,7 @@ class Dispatcher:
             if not done:
                 await asyncio.to_thread(steps.close)
             elif isinstance(value, AsyncRoutedStream):
-                await value.discard()
+                await value.aclose()
         except Exception:
             log.exception("settling a cancelled call failed")
 
@@ -430,6 +430,31 @@ class RoutedStream:
         finally:
             self._end(error)
 
+    def close(self) -> None:
+        """Close a stream that will not be read and settle it for what it generated (its first chunks); nothing if
+        it is being read, or was closed, already (a loop that stops early settles it when its iterator closes)."""
+        if self._take_unread():
+            close = getattr(self._rest, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):  # the upstream connection is dropped either way
+                    close()
+            self._end(None)
+
+    def __enter__(self) -> "RoutedStream":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _take_unread(self) -> bool:
+        """Claim a stream nobody has read, counting its prefetched chunks as generated; False if already claimed."""
+        if self._claimed:
+            return False
+        self._claim()
+        for chunk in self._prefetched:
+            self._see(chunk)
+        return True
+
 
 class AsyncRoutedStream(RoutedStream):
     async def __aiter__(self) -> AsyncIterator[Any]:
@@ -455,19 +480,21 @@ class AsyncRoutedStream(RoutedStream):
             if completed:
                 await asyncio.shield(settled)
 
-    async def discard(self) -> None:
-        """Close a stream nobody will read (its caller was cancelled or went away before the first chunk) and
-        settle it for what it generated; nothing if it is being read, or was discarded, already."""
-        if self._claimed:
-            return
-        self._claim()
-        for chunk in self._prefetched:
-            self._see(chunk)
-        close = getattr(self._rest, "aclose", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
-        await asyncio.to_thread(self._end, None)
+    async def aclose(self) -> None:
+        """``close`` for the async stream: what a cancelled caller's cleanup and a proxy response whose client left
+        before the first event call, and what ``async with`` calls."""
+        if self._take_unread():
+            close = getattr(self._rest, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):  # the upstream connection is dropped either way
+                    await close()
+            await asyncio.to_thread(self._end, None)
+
+    async def __aenter__(self) -> "AsyncRoutedStream":
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
 
 
 def _usage_only(chunk: Any) -> bool:

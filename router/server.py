@@ -207,7 +207,7 @@ async def chat_completions(
 
 async def _close(events: AsyncGenerator[str, None], stream: AsyncRoutedStream) -> None:
     await events.aclose()
-    await stream.discard()
+    await stream.aclose()
 
 
 @routes.get("/v1/models", responses=_ERRORS)

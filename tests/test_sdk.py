@@ -178,6 +178,27 @@ def test_stream_yields_chunks_then_the_record_has_the_cost(make_router, stub) ->
     assert stub.state.hits[-1].stream
 
 
+def test_a_stream_closed_unread_is_settled_once(make_router, stub) -> None:
+    router = make_router()
+    with router.complete(MESSAGES, stream=True, spend_key="sync") as stream:
+        pass  # never read
+    assert stream.record.prompt_tokens > 0 and stream.record.realized_cost_usd > 0
+    stream.close()  # a second close changes nothing
+    with pytest.raises(RuntimeError, match="read once"):
+        list(stream)
+
+    async def unread_async():
+        async with await router.acomplete(MESSAGES, stream=True, spend_key="async") as stream:
+            pass
+        await stream.aclose()
+        return stream
+
+    stream_async = asyncio.run(unread_async())
+    assert stream_async.record.realized_cost_usd == pytest.approx(stream.record.realized_cost_usd)
+    assert len(router.store.decisions(10)) == 2
+    assert router.store.spend(key_counter("sync")) == pytest.approx(stream.record.realized_cost_usd)
+
+
 def test_async_stream_keeps_usage_when_asked(make_router, stub) -> None:
     router = make_router()
 
