@@ -55,6 +55,8 @@ def reconcile(folder: Path, current: Manifest) -> None:
         settings = (("scorer", "--scorer"), ("temperature", "--temperature"), ("max_tokens", "--max-tokens"), ("logprobs", "--logprobs"))
         for field, option in settings:
             before, now = getattr(previous, field), getattr(current, field)
+            if field not in previous.model_fields_set:
+                continue  # a manifest written before this setting was recorded: nothing to compare
             if before != now:
                 was = f"{option} {before}" if before is not None else f"no {option}"
                 raise CollectError(
