@@ -12,8 +12,8 @@ that it is only ever scored with the features it was fitted on.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -146,6 +146,8 @@ class HiddenStateFeatures:
         self.layers = [int(layer) for layer in layers]
         self.batch_size = batch_size
         self.n_threads = n_threads
+        self._load_lock = threading.Lock()
+        self._tokenizer_and_model: tuple[Any, Any] | None = None
         config = AutoConfig.from_pretrained(self.gguf.parent, gguf_file=self.gguf.name)
         n_states = config.num_hidden_layers + 1  # the embeddings, then each layer's output
         if not self.layers or any(not -n_states <= layer < n_states for layer in self.layers):
@@ -156,20 +158,28 @@ class HiddenStateFeatures:
             raise ValueError(f"{self.gguf}: the model names no end-of-sequence token")
         self.end_token_id = int(end[0] if isinstance(end, (list, tuple)) else end)
 
-    @cached_property
+    @property
     def tokenizer(self) -> Any:
-        """Loaded on first use, like ``model``: features read back from a cache need neither, and loading them
-        was most of a cached ``erp fit-selector``."""
-        from transformers import AutoTokenizer
+        return self._loaded()[0]
 
-        return AutoTokenizer.from_pretrained(self.gguf.parent, gguf_file=self.gguf.name)
-
-    @cached_property
+    @property
     def model(self) -> Any:
-        from transformers import AutoModelForCausalLM
+        return self._loaded()[1]
 
-        with torch_threads(self.n_threads):
-            return AutoModelForCausalLM.from_pretrained(self.gguf.parent, gguf_file=self.gguf.name, dtype=torch.float32).eval()
+    def _loaded(self) -> tuple[Any, Any]:
+        """The tokenizer and weights, loaded on first use (once, whichever thread asks first): features read back
+        from a cache need neither, and loading them was most of a cached ``erp fit-selector``."""
+        with self._load_lock:
+            if self._tokenizer_and_model is None:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                with torch_threads(self.n_threads):
+                    tokenizer = AutoTokenizer.from_pretrained(self.gguf.parent, gguf_file=self.gguf.name)
+                    model = AutoModelForCausalLM.from_pretrained(
+                        self.gguf.parent, gguf_file=self.gguf.name, dtype=torch.float32
+                    ).eval()
+                self._tokenizer_and_model = (tokenizer, model)
+        return self._tokenizer_and_model
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "hidden_states", "model": self.gguf.name, "layers": list(self.layers)}

@@ -143,7 +143,7 @@ def _fit_selector(args: argparse.Namespace) -> None:
     layers = _layers(args.layers)
     if layers is not None and args.source != "hidden_states":
         raise UsageError("--layers applies to --source hidden_states; add it or drop --layers")
-    if not 1 <= args.top_k <= 20:
+    if args.source == "logprobs" and not 1 <= args.top_k <= 20:
         raise UsageError(f"--top-k must be in 1..20 (the alternatives collected per token), got {args.top_k}")
     try:
         fitted = fit_selector(

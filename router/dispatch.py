@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,25 +100,29 @@ class Dispatcher:
         the hop runs to its end, then the run settles what it still holds (see ``_abandon``).
         """
         start = hop = _in_thread(self._start, plan)
+        sent = False  # whether the upstream has the current attempt's request
         try:
             call, steps, (done, value) = await asyncio.shield(hop)
             while not done:
+                sent = True
                 try:
                     outcome: Outcome = (await self._acall(value), None)
                 except Exception as exc:
                     outcome = (None, exc)
+                sent = False
                 hop = _in_thread(self._step, call, steps, outcome, True)
                 done, value = await asyncio.shield(hop)
             return value
         except asyncio.CancelledError:
-            cleanup = asyncio.ensure_future(self._abandon(start, hop))
+            cleanup = asyncio.ensure_future(self._abandon(start, hop, sent))
             self._abandoning.add(cleanup)
             cleanup.add_done_callback(self._abandoning.discard)
             raise
 
-    async def _abandon(self, start: asyncio.Future, last: asyncio.Future) -> None:
-        """After a cancelled ``arun``: wait for its last hop, then settle what the run still holds: the attempt
-        in flight (charged for its input, see ``_attempts``), or a stream that never reached the caller."""
+    async def _abandon(self, start: asyncio.Future, last: asyncio.Future, sent: bool) -> None:
+        """After a cancelled ``arun``: wait for its last hop, then settle what the run still holds: the attempt in
+        flight (charged for its input if the upstream had it, else released; see ``_attempts``), or a stream that
+        never reached the caller."""
         try:
             _, steps, step = await asyncio.shield(start)
             if last is not start:
@@ -130,7 +135,7 @@ class Dispatcher:
         done, value = step
         try:
             if not done:
-                await asyncio.to_thread(steps.close)
+                await asyncio.to_thread(steps.close if sent else functools.partial(_withdraw, steps))
             elif isinstance(value, AsyncRoutedStream):
                 await value.aclose()
         except Exception:
@@ -159,10 +164,15 @@ class Dispatcher:
                 continue
             try:
                 response, error = yield self._request(entry, messages, params, call.stream, reservation)
-            except GeneratorExit:  # the caller was cancelled during this attempt: the upstream has its input
+            except GeneratorExit:  # the caller was cancelled while the upstream had this attempt: it had the input
                 self._record_failure(call, entry, asyncio.CancelledError("the caller cancelled the call"), started)
                 call.record.model = entry.name
-                self.ledger.settle(call.record, reservation, counted_usage(messages, ""))
+                sent = counted_usage(messages, "")
+                copies = self.ledger.input_copies[entry.name]
+                self.ledger.settle(call.record, reservation, Usage(sent.prompt_tokens * copies, 0))
+                raise
+            except _Withdrawn:  # the caller was cancelled before this attempt was sent
+                self.ledger.release(reservation)
                 raise
             if error is None and entry.best_of:
                 response = self._select(call, entry, messages, response, reservation, started)
@@ -275,6 +285,15 @@ def entry_request(entry: ModelEntry, messages: list[dict], params: ChatParameter
         if cap in entry.params and getattr(params, cap):
             merged[cap] = min(entry.params[cap], getattr(params, cap))
     return messages, ChatParameters.model_validate(merged)
+
+
+class _Withdrawn(Exception):
+    """Thrown into the attempt loop of a cancelled call whose current attempt was reserved but not sent."""
+
+
+def _withdraw(steps: Generator) -> None:
+    with contextlib.suppress(_Withdrawn):
+        steps.throw(_Withdrawn())
 
 
 def _in_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future:
@@ -483,12 +502,14 @@ class AsyncRoutedStream(RoutedStream):
     async def aclose(self) -> None:
         """``close`` for the async stream: what a cancelled caller's cleanup and a proxy response whose client left
         before the first event call, and what ``async with`` calls."""
-        if self._take_unread():
-            close = getattr(self._rest, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(Exception):  # the upstream connection is dropped either way
-                    await close()
-            await asyncio.to_thread(self._end, None)
+        if not self._take_unread():
+            return
+        settled = asyncio.get_running_loop().run_in_executor(None, self._end, None)  # claimed: settled whatever comes
+        close = getattr(self._rest, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):  # the upstream connection is dropped either way
+                await close()
+        await asyncio.shield(settled)
 
     async def __aenter__(self) -> "AsyncRoutedStream":
         return self

@@ -73,7 +73,7 @@ def fit_all(registry_path: Path, data_dir: Path, backend: str = "auto", seed: in
     registry = load_registry(registry_path)
     data = load_dataset(data_dir)
     _check_models(registry, data, registry.enabled)
-    registry.check_fit_targets([e.name for e in registry.enabled])
+    registry.check_fit_targets([e.name for e in registry.enabled], shared=True)
     training = _training_set(registry, data, registry.enabled)
     pool = PoolPredictor(registry.embedding, backend, random_state=seed, progress=True).fit(training)
     model_paths = {e.name: registry.path_of(e.predictor) for e in registry.enabled}
@@ -111,6 +111,11 @@ def fit_one(
     registry = load_registry(registry_path)
     entry = registry.entry(model)
     registry.check_fit_targets([entry.name])
+    if registry.path_of(entry.predictor).is_dir():
+        raise RegistryError(
+            f"{registry.source}: key '{registry.key_of(entry.name)}.predictor': {registry.path_of(entry.predictor)} "
+            "is a folder; fix: name a file, e.g. artifacts/NAME.joblib"
+        )
     if registry.path_of(entry.predictor).exists() and not replace:
         raise RegistryError(
             f"{registry.source}: key '{registry.key_of(entry.name)}.predictor': {registry.path_of(entry.predictor)} "

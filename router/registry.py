@@ -319,7 +319,7 @@ class Registry(BaseModel):
                     f"not found; fix: run `erp fit-selector --data DIR --model {entry.name} --out PATH`"
                 )
 
-    def check_fit_targets(self, names: list[str]) -> None:
+    def check_fit_targets(self, names: list[str], shared: bool = False) -> None:
         """Before ``erp fit`` writes these candidates' predictor files (and, fitting the pool, the shared one):
         RegistryError, naming the keys and the fix, if one of them is also another candidate's predictor, the shared
         featurizer or a selector. Serving may share a file read-only; a fit would overwrite the other's."""
@@ -330,6 +330,13 @@ class Registry(BaseModel):
                 owners.setdefault(os.path.normpath(self.path_of(candidate.predictor)), []).append(f"{key}.predictor")
                 if candidate.selector is not None:
                     owners.setdefault(os.path.normpath(self.path_of(candidate.selector)), []).append(f"{key}.selector")
+        shared_path = self.path_of(self.shared_predictor)
+        others = owners[os.path.normpath(shared_path)][1:]
+        if shared and others:
+            raise RegistryError(
+                f"{self.source}: key 'shared_predictor': {shared_path} is also {', '.join(others)}, and fitting the pool "
+                "would overwrite it; fix: give the shared featurizer a file of its own"
+            )
         for name in names:
             path = self.path_of(self.entry(name).predictor)
             others = [key for key in owners[os.path.normpath(path)] if key != f"{self.key_of(name)}.predictor"]

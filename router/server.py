@@ -198,16 +198,18 @@ async def chat_completions(
         return Response(result.response.model_dump_json(), media_type="application/json", headers=headers)
     events = _server_sent_events(result)
     # A client that disconnects cancels the response while the generators sit at a yield, or before the first
-    # event is sent; the background task (which Starlette runs after a disconnect too) closes them, and settles a
-    # routed stream that was never started, so its spend is settled at once either way.
+    # event is sent; the background task (which Starlette runs after a disconnect under ASGI 2.3, as uvicorn
+    # speaks) closes them, and settles a routed stream that was never started, so its spend is settled at once.
     return StreamingResponse(
         events, media_type="text/event-stream", headers=headers, background=BackgroundTask(_close, events, result)
     )
 
 
 async def _close(events: AsyncGenerator[str, None], stream: AsyncRoutedStream) -> None:
-    await events.aclose()
-    await stream.aclose()
+    try:
+        await events.aclose()
+    finally:
+        await stream.aclose()
 
 
 @routes.get("/v1/models", responses=_ERRORS)

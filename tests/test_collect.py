@@ -383,12 +383,14 @@ def test_a_rerun_that_would_mix_call_configurations_is_refused(setup, capsys, ch
 
 def test_a_manifest_from_before_logprobs_and_configurations_were_recorded_still_resumes(setup):
     tmp_path, registry, stub = setup
+    stub.state.token_confidence.update({"alpha": lambda text: 0.9, "beta": lambda text: 0.6})  # logprobs when asked
     prompts = write_jsonl(tmp_path / "blend.jsonl", conversations(2))
     out = tmp_path / "out"
     assert main(collect_args(prompts, registry, out, "--logprobs", "2", samples=1)) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     old = {key: manifest[key] for key in ("scorer", "temperature", "max_tokens", "models")}
     (out / "manifest.json").write_text(json.dumps(old))
+    assert main(collect_args(prompts, registry, out, samples=3)) == 2, "samples with and without logprobs would mix"
     assert main(collect_args(prompts, registry, out, "--logprobs", "2", samples=2)) == 0
     assert json.loads((out / "manifest.json").read_text())["logprobs"] == 2
 

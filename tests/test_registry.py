@@ -133,6 +133,15 @@ def test_a_fit_that_would_overwrite_another_file_is_refused(tmp_path, where, pat
     assert f"key '{key}': " in message and says in message and f"fix: give {last} a predictor file of its own" in message
 
 
+def test_fitting_the_pool_refuses_a_shared_file_that_is_also_a_selector(tmp_path):
+    document = yaml.safe_load(yaml.safe_dump(VALID))
+    document["models"][1]["best_of"], document["models"][1]["selector"] = 4, "artifacts/shared.joblib"
+    registry = load_registry(write(tmp_path, document))
+    registry.check_fit_targets([e.name for e in registry.enabled])  # adding one model leaves the shared file alone
+    with pytest.raises(RegistryError, match=r"key 'shared_predictor': .* is also models\[1\]\.selector"):
+        registry.check_fit_targets([e.name for e in registry.enabled], shared=True)
+
+
 def test_missing_file(tmp_path):
     assert "registry file not found" in error_of(tmp_path / "nope.yaml")
 

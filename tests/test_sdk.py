@@ -249,6 +249,23 @@ def test_a_stream_cancelled_before_it_reaches_its_caller_is_closed_and_settled(m
     assert logged[0]["realized_cost_usd"] > 0
 
 
+def test_a_call_cancelled_before_its_attempt_is_sent_is_not_charged(make_router, stub) -> None:
+    router = make_router()
+    budget = {"spend_key": "early", "budget_usd": 1.0}
+
+    async def cancel_before_sending():
+        release = threading.Event()
+        executor = _HeldWorker(watched=router.dispatcher._start, hold=release)  # the decision and first reservation
+        asyncio.get_running_loop().set_default_executor(executor)
+        calling = asyncio.create_task(router.acomplete(MESSAGES, **budget))
+        await _cancel_once_queued(calling, executor, release)
+        await _until(lambda: not router.dispatcher._abandoning)  # the cleanup has run
+
+    asyncio.run(cancel_before_sending())
+    assert not stub.state.hits and not router.store.decisions(1)
+    assert router.store.spend(key_counter("early")) == 0, "the reservation of an attempt never sent is released"
+
+
 class _HeldWorker(ThreadPoolExecutor):
     """A one-thread executor that, when the watched function is submitted, queues it behind a wait on ``hold``."""
 
@@ -282,7 +299,7 @@ def test_a_cancelled_acomplete_is_charged_for_its_input_not_its_reservation(make
     router = make_router(serving={"timeout_s": 10})
     for model in router.entries:
         stub.state.failures[model] = "timeout"
-    stub.state.hang_s = 2.0
+    stub.state.hang_s = 3.0
     budget = {"spend_key": "impatient", "budget_usd": 1.0}
 
     async def give_up() -> float:

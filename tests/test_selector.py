@@ -231,7 +231,7 @@ def test_a_hidden_state_source_checks_its_layers_without_loading_the_weights() -
 
     source = HiddenStateFeatures(find_gguf(), layers=(0, -1))
     assert source.n_features == 2 * 576 and source.end_token_id == 2
-    assert "model" not in vars(source) and "tokenizer" not in vars(source), "loaded before any answer needed them"
+    assert source._tokenizer_and_model is None, "loaded before any answer needed them"
     with pytest.raises(ValueError, match=r"must be hidden-state indices in \[-31, 30\]"):
         HiddenStateFeatures(find_gguf(), layers=(31,))
 

@@ -43,8 +43,11 @@ def call_configuration(registry: Registry, entry: ModelEntry) -> dict[str, Any]:
     return {"params": entry.params, "system_prompt": entry.system_prompt, **(best_of if entry.best_of else {})}
 
 
-def reconcile(folder: Path, current: Manifest) -> None:
-    """Check ``current`` against the folder's manifest, then store their union (models accumulate)."""
+def reconcile(folder: Path, current: Manifest, kept_logprobs: bool | None = None) -> None:
+    """Check ``current`` against the folder's manifest, then store their union (models accumulate).
+
+    ``kept_logprobs`` says whether the folder's samples hold log-probabilities (None: no samples yet); it stands in
+    for a manifest written before --logprobs was recorded."""
     path = Path(folder) / MANIFEST_NAME
     stored = current
     if path.is_file():
@@ -55,8 +58,15 @@ def reconcile(folder: Path, current: Manifest) -> None:
         settings = (("scorer", "--scorer"), ("temperature", "--temperature"), ("max_tokens", "--max-tokens"), ("logprobs", "--logprobs"))
         for field, option in settings:
             before, now = getattr(previous, field), getattr(current, field)
-            if field not in previous.model_fields_set:
-                continue  # a manifest written before this setting was recorded: nothing to compare
+            if field not in previous.model_fields_set:  # a manifest written before this setting was recorded
+                if field == "logprobs" and kept_logprobs is not None and kept_logprobs != (now is not None):
+                    held, asked = ("with", "none") if kept_logprobs else ("without", f"--logprobs {now}")
+                    raise CollectError(
+                        f"--out {folder} holds samples {held} log-probabilities, this run asks for {asked}; rerun "
+                        f"{'with --logprobs as before' if kept_logprobs else 'without --logprobs'} or use another --out "
+                        "(results must not mix settings)"
+                    )
+                continue
             if before != now:
                 was = f"{option} {before}" if before is not None else f"no {option}"
                 raise CollectError(
