@@ -56,7 +56,12 @@ def as_messages(messages: Messages) -> list[dict[str, Any]]:
 
 
 class MissingLogprobsError(ValueError):
-    """A response without the per-token log-probabilities the logprob features need."""
+    """A response without the per-token log-probabilities the logprob features need; ``problem`` is the message
+    without its fix, so a caller that knows a better fix can give it."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; fix: {fix}")
+        self.problem = problem
 
 
 class LogprobFeatures:
@@ -82,22 +87,20 @@ class LogprobFeatures:
         """The features of each choice's ``logprobs.content`` (``messages`` are not needed)."""
         return [self.for_content(field(field(choice, "logprobs"), "content"), i) for i, choice in enumerate(choices)]
 
-    def for_content(self, content: Sequence[Any] | None, index: int = 0) -> np.ndarray:
-        """(T, 5 + top_k) float32 features of one choice's ``logprobs.content``; ``index`` names it in errors."""
-        fix = f"fix: request with logprobs: true, top_logprobs: {self.top_k} (and use an upstream that returns them)"
+    def for_content(self, content: Sequence[Any] | None, index: int = 0, item: str = "choice") -> np.ndarray:
+        """(T, 5 + top_k) float32 features of one choice's ``logprobs.content``; ``item index`` names it in errors."""
+        fix = f"request with logprobs: true, top_logprobs: {self.top_k} (and use an upstream that returns them)"
         if not content:
-            raise MissingLogprobsError(f"choice {index} has no per-token logprobs; {fix}")
+            raise MissingLogprobsError(f"{item} {index} has no per-token logprobs", fix)
         rows, widest = [], 0
         for position, token in enumerate(content):
             chosen, alternatives = field(token, "logprob"), field(token, "top_logprobs") or []
             if chosen is None or not alternatives:
-                raise MissingLogprobsError(f"choice {index}, token {position} has no logprob or top_logprobs; {fix}")
+                raise MissingLogprobsError(f"{item} {index}, token {position} has no logprob or top_logprobs", fix)
             widest = max(widest, len(alternatives))
             rows.append(self._token_row(field(token, "token"), chosen, alternatives))
         if widest < self.top_k:
-            raise MissingLogprobsError(
-                f"choice {index} has at most {widest} top_logprobs per token, not {self.top_k}; {fix}"
-            )
+            raise MissingLogprobsError(f"{item} {index} has at most {widest} top_logprobs per token, not {self.top_k}", fix)
         return np.asarray(rows, dtype=np.float32)
 
     def _token_row(self, token: str | None, chosen: float, alternatives: Sequence[Any]) -> list[float]:

@@ -116,13 +116,15 @@ def _collect(args: argparse.Namespace) -> int:
     )
     source = _feature_source("hidden_states", 0, layers) if args.hidden_states else None  # before any call: fail fast
     status = run_collect(config)
-    if source is not None and status != 0:
+    if source is None:
+        return status
+    if status != 0:
         print("erp: hidden-state features not cached while triples failed; rerun the same command", file=sys.stderr)
-    elif source is not None:
-        from router.selector_fitting import cache_hidden_features
+        return status
+    from router.selector_fitting import cache_hidden_features
 
-        answers, folder = cache_hidden_features(config.registry, config.out, source)
-        print(f"hidden-state selector features of {answers} answers cached in {folder} (what erp fit-selector reads)")
+    answers, folder = cache_hidden_features(config.registry, config.out, source)
+    print(f"hidden-state selector features of {answers} answers cached in {folder} (what erp fit-selector reads)")
     return status
 
 

@@ -167,9 +167,8 @@ class Dispatcher:
             except GeneratorExit:  # the caller was cancelled while the upstream had this attempt: it had the input
                 self._record_failure(call, entry, asyncio.CancelledError("the caller cancelled the call"), started)
                 call.record.model = entry.name
-                sent = counted_usage(messages, "")
-                copies = self.ledger.input_copies[entry.name]
-                self.ledger.settle(call.record, reservation, Usage(sent.prompt_tokens * copies, 0))
+                input_tokens = counted_usage(messages, "").prompt_tokens * self.ledger.input_copies[entry.name]
+                self.ledger.settle(call.record, reservation, Usage(input_tokens, 0))
                 raise
             except _Withdrawn:  # the caller was cancelled before this attempt was sent
                 self.ledger.release(reservation)
@@ -411,7 +410,7 @@ class RoutedStream:
         self._claimed = False
 
     def _claim(self) -> None:
-        """One reader, once: a second iteration, or a discard after reading, would settle the stream twice."""
+        """One reader, once: a second iteration, or a close after reading, would settle the stream twice."""
         if self._claimed:
             raise RuntimeError("a routed stream is read once")
         self._claimed = True

@@ -111,14 +111,15 @@ def fit_one(
     registry = load_registry(registry_path)
     entry = registry.entry(model)
     registry.check_fit_targets([entry.name])
-    if registry.path_of(entry.predictor).is_dir():
+    path = registry.path_of(entry.predictor)
+    if path.is_dir():
         raise RegistryError(
-            f"{registry.source}: key '{registry.key_of(entry.name)}.predictor': {registry.path_of(entry.predictor)} "
+            f"{registry.source}: key '{registry.key_of(entry.name)}.predictor': {path} "
             "is a folder; fix: name a file, e.g. artifacts/NAME.joblib"
         )
-    if registry.path_of(entry.predictor).exists() and not replace:
+    if path.exists() and not replace:
         raise RegistryError(
-            f"{registry.source}: key '{registry.key_of(entry.name)}.predictor': {registry.path_of(entry.predictor)} "
+            f"{registry.source}: key '{registry.key_of(entry.name)}.predictor': {path} "
             f"already holds a fitted predictor of {entry.name} (from the pool's fit or an earlier add); fix: pass "
             "--replace to refit it from --data alone, or refit the whole pool with `erp fit --data DIR`"
         )
@@ -134,7 +135,6 @@ def fit_one(
     pool.set_params(backend=backend, random_state=seed)
     training = _training_set(registry, data, [entry])
     pool.add_model(entry.name, training)
-    path = registry.path_of(entry.predictor)
     pool.save({entry.name: path})
     predicted = pool.predict(training.embeddings, training.input_tokens, [entry.name]).rewards[:, 0]
     print(

@@ -402,7 +402,7 @@ def _fix_for(error: dict) -> str:
     return "correct the value"
 
 
-_KEYED_MESSAGE = re.compile(r"^\w+\[\d+\](\.\w+(\[\d+\])?)*: ")
+_KEYED_MESSAGE = re.compile(r"^\w+\[\d+\](\.\w+)*: ")
 
 
 def _format_validation(path: Path, exc: ValidationError) -> str:
@@ -412,8 +412,7 @@ def _format_validation(path: Path, exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if not key and _KEYED_MESSAGE.match(message):  # a whole-registry check that names its own key
             key, message = message.split(": ", 1)
-        fix = "" if "; fix: " in message else f"; fix: {_fix_for(error)}"  # a check that names its own fix keeps it
-        lines.append(f"{path}: key '{key or '<top level>'}': {message}{fix}")
+        lines.append(f"{path}: key '{key or '<top level>'}': {message}; fix: {_fix_for(error)}")
     return "\n".join(lines)
 
 

@@ -87,16 +87,16 @@ def answer_features(source: TokenFeatureSource, entry: ModelEntry, samples: pd.D
         missing = int(kept.isna().sum())
         if missing:
             raise MissingLogprobsError(
-                f"{missing} of {len(samples)} samples hold no log-probabilities; fix: collect them with "
-                f"`erp collect --logprobs {source.top_k}` (into a new --out folder)"
+                f"{missing} of {len(samples)} samples hold no log-probabilities",
+                f"collect them with `erp collect --logprobs {source.top_k}` (into a new --out folder)",
             )
         try:
-            return [source.for_content(json.loads(text), index) for index, text in enumerate(kept)]
+            return [source.for_content(json.loads(text), index, item="sample") for index, text in enumerate(kept)]
         except MissingLogprobsError as exc:
-            what = str(exc).split("; fix: ")[0].replace("choice", "sample", 1)
             raise MissingLogprobsError(
-                f"{what}; fix: --top-k at most the alternatives these samples hold, or collect again with "
-                f"`erp collect --logprobs {source.top_k}` into a new --out folder"
+                exc.problem,
+                f"--top-k at most the alternatives these samples hold, or collect again with "
+                f"`erp collect --logprobs {source.top_k}` into a new --out folder",
             ) from None
     key = hashlib.sha256(json.dumps([source.describe(), entry.system_prompt, samples[["prompt", "response"]].values.tolist()],
                                     default=str).encode()).hexdigest()[:24]

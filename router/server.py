@@ -309,8 +309,8 @@ async def _server_sent_events(stream: AsyncIterable[Any]) -> AsyncGenerator[str,
         yield f"data: {exc.body().model_dump_json(exclude_none=True)}\n\n"
         return
     finally:
-        # A disconnect cancels the response's scope, and in a cancelled scope every await is cancelled at once:
-        # unshielded, this close never ran and the stream's record and spend were left to the garbage collector.
+        # Shielded: closed from a cancelled scope, where every await is cancelled at once, the routed stream's
+        # close (which settles its record and spend) must still run.
         with anyio.CancelScope(shield=True):
             await chunks.aclose()
     yield "data: [DONE]\n\n"

@@ -43,6 +43,19 @@ def call_configuration(registry: Registry, entry: ModelEntry) -> dict[str, Any]:
     return {"params": entry.params, "system_prompt": entry.system_prompt, **(best_of if entry.best_of else {})}
 
 
+def _check_unrecorded_logprobs(folder: Path, previous: Manifest, current: Manifest, kept_logprobs: bool | None) -> None:
+    """A manifest written before --logprobs was recorded: whether the folder's samples hold log-probabilities
+    stands in for it."""
+    if "logprobs" in previous.model_fields_set or kept_logprobs is None or kept_logprobs == (current.logprobs is not None):
+        return
+    held, asked = ("with", "none") if kept_logprobs else ("without", f"--logprobs {current.logprobs}")
+    raise CollectError(
+        f"--out {folder} holds samples {held} log-probabilities, this run asks for {asked}; rerun "
+        f"{'with --logprobs as before' if kept_logprobs else 'without --logprobs'} or use another --out "
+        "(results must not mix settings)"
+    )
+
+
 def reconcile(folder: Path, current: Manifest, kept_logprobs: bool | None = None) -> None:
     """Check ``current`` against the folder's manifest, then store their union (models accumulate).
 
@@ -55,18 +68,12 @@ def reconcile(folder: Path, current: Manifest, kept_logprobs: bool | None = None
             previous = Manifest.model_validate_json(path.read_text())
         except (OSError, ValidationError) as exc:
             raise CollectError(f"{path}: unreadable run manifest ({type(exc).__name__}); restore it or use another --out") from None
+        _check_unrecorded_logprobs(folder, previous, current, kept_logprobs)
         settings = (("scorer", "--scorer"), ("temperature", "--temperature"), ("max_tokens", "--max-tokens"), ("logprobs", "--logprobs"))
         for field, option in settings:
-            before, now = getattr(previous, field), getattr(current, field)
             if field not in previous.model_fields_set:  # a manifest written before this setting was recorded
-                if field == "logprobs" and kept_logprobs is not None and kept_logprobs != (now is not None):
-                    held, asked = ("with", "none") if kept_logprobs else ("without", f"--logprobs {now}")
-                    raise CollectError(
-                        f"--out {folder} holds samples {held} log-probabilities, this run asks for {asked}; rerun "
-                        f"{'with --logprobs as before' if kept_logprobs else 'without --logprobs'} or use another --out "
-                        "(results must not mix settings)"
-                    )
                 continue
+            before, now = getattr(previous, field), getattr(current, field)
             if before != now:
                 was = f"{option} {before}" if before is not None else f"no {option}"
                 raise CollectError(

@@ -122,8 +122,8 @@ def run_collect(config: CollectConfig) -> int:
             models={e.name: e.litellm_model for e in entries}, logprobs=config.sampling.logprobs,
             configurations={e.name: call_configuration(registry, e) for e in entries},
         )
-        collected = journal.latest().values()
-        reconcile(config.out, manifest, any(r.logprobs is not None for r in collected) if collected else None)
+        kept_logprobs = any(r.logprobs is not None for r in journal.records) if journal.records else None
+        reconcile(config.out, manifest, kept_logprobs)
         tasks, done = _plan(prompts, list(per_token), config.samples, journal)
         total = done + len(tasks)
         dropped = f" ({duplicates} duplicate conversations dropped)" if duplicates else ""
